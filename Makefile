@@ -1,0 +1,53 @@
+# jaxcf: every target creates or reuses .venv and installs what it needs, so on a fresh
+# machine with Python 3.11 each one is a single command.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+PYTEST_WORKERS ?= 0
+
+.PHONY: demo test test-ref bench lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "jaxcf needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+# One stamp per extras set; reinstalled when pyproject.toml changes.
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[test]"
+	touch $@
+$(VENV)/.stamp-ref: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[test,ref]"
+	touch $@
+$(VENV)/.stamp-gpu: pyproject.toml | $(BIN)/python
+	$(PIP) -e ".[gpu]"
+	touch $@
+
+demo: $(VENV)/.stamp-base
+	$(BIN)/python -m jaxcf.demo
+
+test: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest -m "not ref" -n $(PYTEST_WORKERS) -q
+
+test-ref: $(VENV)/.stamp-ref
+	$(BIN)/python -m pytest -m ref -n $(PYTEST_WORKERS) -q
+
+# On a machine with an NVIDIA GPU the CUDA plugin is installed first.
+bench: $(VENV)/.stamp-base
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory $(VENV)/.stamp-gpu; fi
+	$(BIN)/python benchmarks/samplers.py
+
+lint: $(VENV)/.stamp-test
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(VENV)/.stamp-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache runs

@@ -1,0 +1,99 @@
+"""Classifier-free guidance in one batched forward, and gradient guidance."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcf import diffusion as D
+
+
+def _toy_model(calls):
+    # Output depends on the label so that cond and uncond differ: x * (1 + label).
+    def model(x, t, cond):
+        calls.append(x.shape[0])
+        scale = 1.0 + cond["label"].astype(jnp.float32)
+        return x * scale.reshape(-1, *(1,) * (x.ndim - 1))
+
+    return model
+
+
+def test_cfg_uses_one_forward_on_the_doubled_batch():
+    calls = []
+    guided = D.classifier_free_guidance(_toy_model(calls), 3.0, {"label": jnp.array([0])})
+    x = jnp.ones((4, 2, 2, 3))
+    out = guided(x, jnp.full((4,), 10), {"label": jnp.full((4,), 1)})
+    assert calls == [8]
+    # uncond = x * 1, cond = x * 2 -> 1 + 3 * (2 - 1) = 4.
+    np.testing.assert_allclose(out, 4.0)
+
+
+@pytest.mark.parametrize("w,expected", [(0.0, 1.0), (1.0, 2.0)])
+def test_cfg_limits(w, expected):
+    guided = D.classifier_free_guidance(_toy_model([]), w, {"label": jnp.array([0])})
+    out = guided(
+        jnp.ones((2, 3, 1)), jnp.zeros((2,), jnp.int32), {"label": jnp.ones((2,), jnp.int32)}
+    )
+    np.testing.assert_allclose(out, expected)
+
+
+def test_cfg_guided_channels_keeps_the_rest_conditional():
+    guided = D.classifier_free_guidance(
+        _toy_model([]), 3.0, {"label": jnp.array([0])}, guided_channels=2
+    )
+    out = guided(
+        jnp.ones((1, 2, 4)), jnp.zeros((1,), jnp.int32), {"label": jnp.ones((1,), jnp.int32)}
+    )
+    np.testing.assert_allclose(out[..., :2], 4.0)
+    np.testing.assert_allclose(out[..., 2:], 2.0)
+
+
+def test_cfg_interval_guides_only_inside():
+    guided = D.classifier_free_guidance(
+        _toy_model([]), 3.0, {"label": jnp.array([0])}, interval=(100, 500)
+    )
+    x = jnp.ones((3, 2, 1))
+    cond = {"label": jnp.ones((3,), jnp.int32)}
+    out = jax.jit(guided)(x, jnp.array([50, 300, 800]), cond)  # mixed batch
+    np.testing.assert_allclose(out[:, 0, 0], [2.0, 4.0, 2.0])
+    out = jax.jit(guided)(x, jnp.full((3,), 800), cond)  # all outside: plain conditional
+    np.testing.assert_allclose(out, 2.0)
+
+
+def test_null_condition_must_match_structure():
+    with pytest.raises(ValueError, match="null_cond does not match"):
+        D.broadcast_null({"label": jnp.zeros((2,))}, {"label": jnp.zeros((3,))})
+
+
+def test_select_cond_per_sample():
+    cond = {"label": jnp.array([1, 2, 3]), "context": jnp.ones((3, 2, 4))}
+    null = {"label": jnp.array([9]), "context": jnp.zeros((2, 4))}
+    out = D.select_cond(jnp.array([True, False, True]), cond, null)
+    np.testing.assert_array_equal(out["label"], [1, 9, 3])
+    np.testing.assert_array_equal(out["context"].sum(axis=(1, 2)), [8, 0, 8])
+
+
+def test_gradient_guidance_x_t_is_the_classifier_guidance_formula():
+    sched = D.linear()
+    model = D.gaussian_denoiser(sched, 0.0, 1.0)
+    target = 2.0
+    energy = lambda x, t, c: 0.5 * jnp.sum((x - target) ** 2, axis=(1, 2))
+    guided = D.gradient_guidance(model, sched, energy, 0.7, on="x_t")
+    x = jax.random.normal(jax.random.key(0), (2, 3, 1))
+    t = jnp.array([300, 700])
+    sigma = jnp.sqrt(1 - sched.alphas_cumprod[t])[:, None, None]
+    np.testing.assert_allclose(
+        guided(x, t, None), model(x, t, None) + 0.7 * sigma * (x - target), atol=1e-5
+    )
+
+
+def test_gradient_guidance_keeps_learned_variance_channels():
+    sched = D.linear(variance="learned_range")
+    model = D.gaussian_denoiser(sched, 0.0, 0.5)
+    guided = D.gradient_guidance(model, sched, lambda x, t, c: jnp.sum(x, axis=(1, 2)), 1.0)
+    x = jnp.ones((1, 3, 2))
+    t = jnp.array([400])
+    out, ref = guided(x, t, None), model(x, t, None)
+    assert out.shape == (1, 3, 4)
+    np.testing.assert_allclose(out[..., 2:], ref[..., 2:])
+    assert float(jnp.max(jnp.abs(out[..., :2] - ref[..., :2]))) > 0.1

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcf import diffusion as D
+from jaxcf.runtime import enable_compilation_cache
 from jaxcf.visualization import heatmap_rgb, save_panel, to_uint8
 
 HEALTHY, TUMOUR, NULL = 0, 1, 2
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size < 16 or args.steps < 1:
         parser.error("--size must be >= 16 and --steps >= 1")
+    enable_compilation_cache()
     summary = run(args.out, args.size, args.steps, args.seed)
     print(f"device: {summary['device']}, {args.size}x{args.size} phantoms, batch 6")
     print(f"{'sampler':<20}{'steps':>6}{'seconds':>10}{'steps/s':>10}")

@@ -1,0 +1,2 @@
+"""Converters from PyTorch / safetensors checkpoints to jaxcf parameters (one file per
+source)."""

@@ -1,0 +1,141 @@
+"""Reading reference checkpoints and mapping their tensors onto jaxcf parameters.
+
+Converters read `.safetensors` with the safetensors numpy API (no torch needed) and
+`.pt` / `.pth` / `.bin` with torch only when it is installed. A converter builds a nested
+dict mirroring `nnx.to_pure_dict(params)` and hands it to :func:`fill_params`, which
+checks every leaf's shape; unknown or missing keys are listed in the error.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and the keys."""
+
+
+def load_state_dict(path: str | os.PathLike, *, subkey: str | None = None) -> dict[str, np.ndarray]:
+    """Tensors of a checkpoint as float32 / int numpy arrays keyed by their names.
+
+    subkey: for torch pickles holding several dicts (facebookresearch DiT: {model, ema, opt,
+    args}), the entry to take; by default "ema" then "model" then the top level.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:  # the library raises several types for corrupt files
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading PyTorch pickles needs torch (pip install 'jaxcf[ref]'), "
+            "or convert the file to .safetensors"
+        ) from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+    if subkey is not None:
+        if subkey not in obj:
+            raise CheckpointError(f"{path}: no entry {subkey!r} (entries: {sorted(obj)})")
+        obj = obj[subkey]
+    else:
+        for name in ("ema", "model", "state_dict"):
+            if isinstance(obj, Mapping) and name in obj and isinstance(obj[name], Mapping):
+                obj = obj[name]
+                break
+    return {
+        k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+        for k, v in obj.items()
+    }
+
+
+def check_keys(state: Mapping[str, Any], used: Iterable[str], source: str) -> None:
+    """Raise if the checkpoint has keys the converter did not use (e.g. another
+    architecture) or lacks keys it needed; both lists go into the message."""
+    used = set(used)
+    unknown = sorted(set(state) - used)
+    if unknown:
+        shown = ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else "")
+        raise CheckpointError(f"{source}: {len(unknown)} unexpected keys: {shown}")
+
+
+class KeyReader:
+    """Takes tensors out of a state dict by name, remembering which were used and listing
+    every missing name at the end."""
+
+    def __init__(self, state: Mapping[str, np.ndarray], source: str):
+        self.state, self.source = state, source
+        self.used: set[str] = set()
+        self.missing: list[str] = []
+
+    def __call__(self, key: str) -> np.ndarray:
+        if key not in self.state:
+            self.missing.append(key)
+            return np.zeros((0,), np.float32)
+        self.used.add(key)
+        return np.asarray(self.state[key])
+
+    def has(self, key: str) -> bool:
+        return key in self.state
+
+    def finish(self) -> None:
+        if self.missing:
+            shown = ", ".join(self.missing[:20]) + (" ..." if len(self.missing) > 20 else "")
+            raise CheckpointError(f"{self.source}: {len(self.missing)} missing keys: {shown}")
+        check_keys(self.state, self.used, self.source)
+
+
+def linear_kernel(w: np.ndarray) -> np.ndarray:
+    """torch Linear weight (out, in) -> flax kernel (in, out)."""
+    return np.ascontiguousarray(w.T)
+
+
+def conv_kernel(w: np.ndarray) -> np.ndarray:
+    """torch ConvNd weight (out, in, *k) -> flax kernel (*k, in, out)."""
+    return np.ascontiguousarray(np.moveaxis(w, (0, 1), (-1, -2)))
+
+
+def fill_params(params: nnx.State, values: Mapping, source: str) -> nnx.State:
+    """Replace every leaf of `params` by `values` (a nested dict with the same structure as
+    nnx.to_pure_dict(params)), checking that the structure and every shape match."""
+    target = nnx.to_pure_dict(params)
+    problems: list[str] = []
+
+    def walk(t, v, path):
+        if isinstance(t, Mapping):
+            if not isinstance(v, Mapping):
+                problems.append(f"{path or '<root>'}: expected a group, got {type(v).__name__}")
+                return {}
+            missing = sorted(set(map(str, t)) - set(map(str, v)))
+            extra = sorted(set(map(str, v)) - set(map(str, t)))
+            problems.extend(f"{path}/{k}: not produced by the converter" for k in missing)
+            problems.extend(f"{path}/{k}: not a parameter of the model" for k in extra)
+            lookup = {str(k): k for k in v}
+            return {k: walk(t[k], v[lookup[str(k)]], f"{path}/{k}") for k in t if str(k) in lookup}
+        arr = np.asarray(v)
+        if arr.shape != np.shape(t):
+            problems.append(
+                f"{path}: shape {arr.shape} from the checkpoint, {np.shape(t)} in the model"
+            )
+        return arr.astype(np.asarray(t).dtype)
+
+    filled = walk(target, values, "")
+    if problems:
+        shown = "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else "")
+        raise CheckpointError(f"{source}: {len(problems)} mismatches: {shown}")
+    nnx.replace_by_pure_dict(params, filled)
+    return params

@@ -1,0 +1,526 @@
+"""Building blocks shared by the denoisers: embeddings, N-d ResBlock, attention with an
+attention-control interface, and the adaLN-Zero transformer block.
+
+Conventions: channels-last; `spatial_dims` is 2 or 3; parameters are float32 and
+`dtype` is the compute dtype (bf16 on accelerators); normalisations and softmax run in
+float32. Dropout is active only when a call gets `rngs` (an `nnx.Rngs` with a "dropout"
+stream); without it every module is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = Any
+zeros = nnx.initializers.zeros_init()
+
+
+# --- embeddings -----------------------------------------------------------------------------
+
+
+def timestep_embedding(
+    t: jax.Array, dim: int, *, max_period: float = 10000.0, freq_shift: float = 0.0
+) -> jax.Array:
+    """Sinusoidal embedding [cos(t f), sin(t f)] of (B,) times -> (B, dim) float32.
+
+    f_i = max_period ** (-i / (half - freq_shift)), i < half = dim // 2 (Vaswani et al.
+    2017; guided-diffusion and DiT use freq_shift = 0, diffusers' DiT uses 1).
+    """
+    half = dim // 2
+    freqs = jnp.exp(
+        -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+    )
+    args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+    emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class TimestepEmbedder(nnx.Module):
+    """Sinusoidal features -> Linear -> SiLU -> Linear."""
+
+    def __init__(
+        self,
+        hidden: int,
+        *,
+        freq_dim: int = 256,
+        freq_shift: float = 0.0,
+        dtype: Dtype = None,
+        init_std: float | None = None,
+        rngs: nnx.Rngs,
+    ):
+        init = {} if init_std is None else {"kernel_init": nnx.initializers.normal(init_std)}
+        self.freq_dim, self.freq_shift = freq_dim, freq_shift
+        self.fc1 = nnx.Linear(freq_dim, hidden, dtype=dtype, rngs=rngs, **init)
+        self.fc2 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, **init)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        emb = timestep_embedding(t, self.freq_dim, freq_shift=self.freq_shift)
+        return self.fc2(jax.nn.silu(self.fc1(emb)))
+
+
+class LabelEmbedder(nnx.Module):
+    """Class labels -> vectors, with a null row at index num_classes for classifier-free
+    guidance (the condition that training replaces labels with, and sampling guides away
+    from)."""
+
+    def __init__(self, num_classes: int, dim: int, *, dtype: Dtype = None, rngs: nnx.Rngs):
+        self.num_classes = num_classes
+        self.table = nnx.Embed(
+            num_classes + 1,
+            dim,
+            dtype=dtype,
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
+
+    def __call__(self, labels: jax.Array) -> jax.Array:
+        return self.table(jnp.asarray(labels, jnp.int32))
+
+
+# --- normalisation, convolution, resampling --------------------------------------------------
+
+
+class GroupNorm(nnx.Module):
+    """GroupNorm computed in float32, returned in the input dtype (guided-diffusion's
+    GroupNorm32)."""
+
+    def __init__(self, channels: int, groups: int = 32, eps: float = 1e-5, *, rngs: nnx.Rngs):
+        groups = math.gcd(groups, channels)  # toy widths below 32 still normalise in groups
+        self.norm = nnx.GroupNorm(
+            channels, num_groups=groups, epsilon=eps, dtype=jnp.float32, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def conv(
+    spatial_dims: int,
+    cin: int,
+    cout: int,
+    kernel: int = 3,
+    *,
+    stride: int = 1,
+    padding: Any = "SAME",
+    zero_init: bool = False,
+    dtype: Dtype = None,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """An N-d convolution with float32 parameters."""
+    extra = {"kernel_init": zeros} if zero_init else {}
+    return nnx.Conv(
+        cin,
+        cout,
+        (kernel,) * spatial_dims,
+        strides=(stride,) * spatial_dims,
+        padding=padding,
+        dtype=dtype,
+        rngs=rngs,
+        **extra,
+    )
+
+
+def avg_pool2(x: jax.Array) -> jax.Array:
+    """2x average pooling over every spatial axis of (B, ..., C)."""
+    window = (1,) + (2,) * (x.ndim - 2) + (1,)
+    summed = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, window, "VALID")
+    return summed / (2 ** (x.ndim - 2))
+
+
+def upsample_nearest2(x: jax.Array) -> jax.Array:
+    """2x nearest-neighbour upsampling over every spatial axis of (B, ..., C)."""
+    for axis in range(1, x.ndim - 1):
+        x = jnp.repeat(x, 2, axis=axis)
+    return x
+
+
+class Downsample(nnx.Module):
+    """Halve the resolution: strided 3x3 conv, or average pooling when use_conv=False."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        cin: int,
+        cout: int,
+        use_conv: bool = True,
+        *,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        if not use_conv and cin != cout:
+            raise ValueError("pooling cannot change the channel count")
+        self.op = (
+            conv(spatial_dims, cin, cout, 3, stride=2, padding=1, dtype=dtype, rngs=rngs)
+            if use_conv
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return avg_pool2(x) if self.op is None else self.op(x)
+
+
+class Upsample(nnx.Module):
+    """Double the resolution: nearest neighbour, then an optional 3x3 conv."""
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        cin: int,
+        cout: int,
+        use_conv: bool = True,
+        *,
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        if not use_conv and cin != cout:
+            raise ValueError("nearest upsampling cannot change the channel count")
+        self.op = conv(spatial_dims, cin, cout, 3, dtype=dtype, rngs=rngs) if use_conv else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = upsample_nearest2(x)
+        return x if self.op is None else self.op(x)
+
+
+# --- ResBlock ---------------------------------------------------------------------------------
+
+
+class ResBlock(nnx.Module):
+    """ADM residual block (Dhariwal & Nichol 2021), N-d.
+
+    GroupNorm -> SiLU -> [resample] -> conv3x3, embedding projection (added, or
+    scale-shift "AdaGN": norm(h) * (1 + scale) + shift), GroupNorm -> SiLU -> dropout ->
+    zero-initialised conv3x3; skip is identity or a 1x1 conv. up/down resample both paths
+    inside the block (nearest / average pooling), as guided-diffusion's resblock_updown.
+    emb_dim=None makes an unconditional block (the VAE's).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        cin: int,
+        cout: int,
+        emb_dim: int | None = None,
+        *,
+        dropout: float = 0.0,
+        scale_shift: bool = True,
+        up: bool = False,
+        down: bool = False,
+        groups: int = 32,
+        eps: float = 1e-5,
+        zero_out: bool = True,
+        dtype: Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        self.up, self.down, self.scale_shift = up, down, scale_shift
+        self.norm1 = GroupNorm(cin, groups, eps, rngs=rngs)
+        self.conv1 = conv(spatial_dims, cin, cout, dtype=dtype, rngs=rngs)
+        width = 2 * cout if scale_shift else cout
+        self.emb_proj = (
+            None if emb_dim is None else nnx.Linear(emb_dim, width, dtype=dtype, rngs=rngs)
+        )
+        self.norm2 = GroupNorm(cout, groups, eps, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+        self.conv2 = conv(spatial_dims, cout, cout, zero_init=zero_out, dtype=dtype, rngs=rngs)
+        self.skip = (
+            None if cin == cout else conv(spatial_dims, cin, cout, 1, dtype=dtype, rngs=rngs)
+        )
+
+    def _resample(self, x: jax.Array) -> jax.Array:
+        if self.up:
+            return upsample_nearest2(x)
+        return avg_pool2(x) if self.down else x
+
+    def __call__(self, x: jax.Array, emb: jax.Array | None = None, rngs: nnx.Rngs | None = None):
+        h = jax.nn.silu(self.norm1(x))
+        h = self.conv1(self._resample(h))
+        x = self._resample(x)
+        if self.emb_proj is not None:
+            e = self.emb_proj(jax.nn.silu(emb)).astype(h.dtype)
+            e = e.reshape(e.shape[:1] + (1,) * (h.ndim - 2) + e.shape[1:])
+            if self.scale_shift:
+                scale, shift = jnp.split(e, 2, axis=-1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + e)
+        else:
+            h = self.norm2(h)
+        h = self.dropout(jax.nn.silu(h), deterministic=rngs is None, rngs=rngs)
+        h = self.conv2(h)
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+# --- attention ------------------------------------------------------------------------------
+
+
+class AttentionEdit(NamedTuple):
+    """Edits one attention layer applies (all optional, broadcastable to (B, H, Q, K)).
+
+    bias: added to the logits. mask: bool, False blocks a query-key pair.
+    prob_scale: multiplies the softmax probabilities (e.g. (1 + eta * Omega) on one
+    context token, Zhang et al. 2025); renormalize: rescale rows to sum to 1 afterwards.
+    return_probs: record the probabilities (after edits) as this layer's attention map.
+    """
+
+    bias: jax.Array | None = None
+    mask: jax.Array | None = None
+    prob_scale: jax.Array | None = None
+    renormalize: bool = False
+    return_probs: bool = False
+
+
+# control(layer_name, kind, spatial_shape) -> AttentionEdit | None; kind is "self" or "cross".
+AttentionControl = Callable[[str, str, tuple], AttentionEdit | None]
+
+
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, edit: AttentionEdit | None = None
+) -> tuple[jax.Array, jax.Array | None]:
+    """Multi-head attention; q (B, Q, H, D), k / v (B, K, H, D) -> ((B, Q, H, D), probs).
+
+    Without probability edits or maps this is jax.nn.dot_product_attention (cuDNN flash
+    attention on GPU when shapes and dtypes allow); otherwise an explicit float32 softmax
+    path that gives the same numbers plus the (B, H, Q, K) probabilities.
+    """
+    edit = edit or AttentionEdit()
+    if edit.prob_scale is None and not edit.return_probs:
+        return jax.nn.dot_product_attention(q, k, v, bias=edit.bias, mask=edit.mask), None
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(q.shape[-1])
+    if edit.bias is not None:
+        logits = logits + edit.bias
+    if edit.mask is not None:
+        logits = jnp.where(edit.mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if edit.prob_scale is not None:
+        probs = probs * edit.prob_scale
+        if edit.renormalize:
+            probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    return out, probs
+
+
+def _heads(x: jax.Array, heads: int) -> jax.Array:
+    return x.reshape((*x.shape[:2], heads, x.shape[-1] // heads))
+
+
+class SpatialAttention(nnx.Module):
+    """Self-attention over the positions of a 2-D or 3-D feature map (ADM AttentionBlock),
+    optionally with cross-attention to context tokens.
+
+    kv_context_dim: GLIDE / Diff-SCM attention conditioning: context tokens are projected
+    (the per-block "encoder_kv") and concatenated to this block's keys and values.
+    cross_context_dim: a separate cross-attention sub-block (queries from the map, keys and
+    values from context tokens, e.g. text), added after self-attention.
+    Both projections out are zero-initialised, so a new block starts as the identity.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        heads: int = 1,
+        head_channels: int | None = None,
+        groups: int = 32,
+        kv_context_dim: int | None = None,
+        cross_context_dim: int | None = None,
+        self_attention: bool = True,
+        name: str = "attn",
+        dtype: Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        if head_channels:
+            heads = channels // head_channels
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads, self.name = heads, name
+        lin = lambda i, o, **kw: nnx.Linear(i, o, dtype=dtype, rngs=rngs, **kw)
+        self.norm = GroupNorm(channels, groups, rngs=rngs) if self_attention else None
+        self.qkv = lin(channels, 3 * channels) if self_attention else None
+        self.context_kv = (
+            lin(kv_context_dim, 2 * channels) if kv_context_dim and self_attention else None
+        )
+        self.proj = lin(channels, channels, kernel_init=zeros) if self_attention else None
+        self.cross = (
+            CrossAttention(
+                channels,
+                cross_context_dim,
+                heads=heads,
+                groups=groups,
+                name=f"{name}.cross",
+                dtype=dtype,
+                rngs=rngs,
+            )
+            if cross_context_dim
+            else None
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+        control: AttentionControl | None = None,
+    ) -> jax.Array:
+        spatial = x.shape[1:-1]
+        if self.qkv is not None:
+            tokens = self.norm(x).reshape(x.shape[0], -1, x.shape[-1])
+            q, k, v = jnp.split(self.qkv(tokens), 3, axis=-1)
+            mask = None
+            if self.context_kv is not None:
+                if context is None:
+                    raise ValueError(f"{self.name}: attention conditioning needs context tokens")
+                ck, cv = jnp.split(self.context_kv(context.astype(tokens.dtype)), 2, axis=-1)
+                k, v = jnp.concatenate([k, ck], 1), jnp.concatenate([v, cv], 1)
+                if context_mask is not None:
+                    own = jnp.ones((x.shape[0], tokens.shape[1]), bool)
+                    mask = jnp.concatenate([own, context_mask.astype(bool)], 1)[:, None, None, :]
+            edit = control(self.name, "self", spatial) if control else None
+            if mask is not None:
+                edit = (edit or AttentionEdit())._replace(
+                    mask=mask if (edit is None or edit.mask is None) else mask & edit.mask
+                )
+            out, probs = attention(
+                _heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads), edit
+            )
+            if probs is not None and edit.return_probs:
+                self.sow(nnx.Intermediate, "attention_probs", probs)
+            out = self.proj(out.reshape(tokens.shape))
+            x = x + out.reshape(x.shape).astype(x.dtype)
+        if self.cross is not None:
+            x = self.cross(x, context, context_mask, control)
+        return x
+
+
+class CrossAttention(nnx.Module):
+    """Cross-attention from a feature map (B, ..., C) to context tokens (B, L, D)."""
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        *,
+        heads: int = 1,
+        groups: int = 32,
+        name: str = "cross",
+        dtype: Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        self.heads, self.name = heads, name
+        self.norm = GroupNorm(channels, groups, rngs=rngs)
+        self.q = nnx.Linear(channels, channels, use_bias=False, dtype=dtype, rngs=rngs)
+        self.kv = nnx.Linear(context_dim, 2 * channels, use_bias=False, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(channels, channels, kernel_init=zeros, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, context, context_mask=None, control=None):
+        if context is None:
+            raise ValueError(f"{self.name}: cross-attention needs context tokens (cond['context'])")
+        tokens = self.norm(x).reshape(x.shape[0], -1, x.shape[-1])
+        q = _heads(self.q(tokens), self.heads)
+        k, v = (
+            _heads(a, self.heads) for a in jnp.split(self.kv(context.astype(tokens.dtype)), 2, -1)
+        )
+        edit = control(self.name, "cross", x.shape[1:-1]) if control else None
+        if context_mask is not None:
+            mask = context_mask.astype(bool)[:, None, None, :]
+            edit = (edit or AttentionEdit())._replace(
+                mask=mask if (edit is None or edit.mask is None) else mask & edit.mask
+            )
+        out, probs = attention(q, k, v, edit)
+        if probs is not None and edit.return_probs:
+            self.sow(nnx.Intermediate, "attention_probs", probs)
+        out = self.proj(out.reshape(tokens.shape))
+        return x + out.reshape(x.shape).astype(x.dtype)
+
+
+# --- adaLN-Zero transformer block ---------------------------------------------------------------
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """x * (1 + scale) + shift with per-sample (B, D) shift / scale over tokens (B, N, D)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class AdaLNZeroBlock(nnx.Module):
+    """DiT block with adaLN-Zero conditioning (Peebles & Xie 2023, Fig. 3).
+
+    (shift, scale, gate) x 2 come from a zero-initialised projection of the conditioning
+    vector, so every block starts as the identity. Attention uses one fused qkv projection
+    (the reference checkpoint layout); an optional cross-attention sub-block attends to
+    context tokens.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        context_dim: int | None = None,
+        name: str = "block",
+        dtype: Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        xavier = nnx.initializers.xavier_uniform()
+        lin = lambda i, o, init=xavier: nnx.Linear(i, o, kernel_init=init, dtype=dtype, rngs=rngs)
+        self.heads, self.name = heads, name
+        self.qkv = lin(hidden, 3 * hidden)
+        self.proj = lin(hidden, hidden)
+        mlp_hidden = int(hidden * mlp_ratio)
+        self.fc1 = lin(hidden, mlp_hidden)
+        self.fc2 = lin(mlp_hidden, hidden)
+        self.ada = lin(hidden, 6 * hidden, zeros)
+        has_cross = bool(context_dim)
+        self.cross_norm = (
+            nnx.LayerNorm(hidden, epsilon=1e-6, dtype=jnp.float32, rngs=rngs) if has_cross else None
+        )
+        self.cross_q = lin(hidden, hidden) if has_cross else None
+        self.cross_kv = lin(context_dim, 2 * hidden) if has_cross else None
+        self.cross = lin(hidden, hidden, zeros) if has_cross else None
+
+    @staticmethod
+    def _norm(x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, -1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
+        return ((x32 - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
+
+    def __call__(self, x, c, context=None, context_mask=None, control=None, grid=None):
+        """x (B, N, D) tokens, c (B, D) conditioning vector."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.ada(jax.nn.silu(c)), 6, -1)
+        h = modulate(self._norm(x), shift1, scale1)
+        q, k, v = (_heads(a, self.heads) for a in jnp.split(self.qkv(h), 3, -1))
+        edit = control(self.name, "self", grid) if control else None
+        out, probs = attention(q, k, v, edit)
+        if probs is not None and edit.return_probs:
+            self.sow(nnx.Intermediate, "attention_probs", probs)
+        x = x + gate1[:, None] * self.proj(out.reshape(x.shape))
+        if self.cross is not None:
+            if context is None:
+                raise ValueError(
+                    f"{self.name}: cross-attention needs context tokens (cond['context'])"
+                )
+            hq = _heads(
+                self.cross_q(self.cross_norm(x.astype(jnp.float32)).astype(x.dtype)), self.heads
+            )
+            ck, cv = (
+                _heads(a, self.heads)
+                for a in jnp.split(self.cross_kv(context.astype(x.dtype)), 2, -1)
+            )
+            cedit = control(f"{self.name}.cross", "cross", grid) if control else None
+            if context_mask is not None:
+                cedit = (cedit or AttentionEdit())._replace(
+                    mask=context_mask.astype(bool)[:, None, None, :]
+                )
+            cout, cprobs = attention(hq, ck, cv, cedit)
+            if cprobs is not None and cedit.return_probs:
+                self.sow(nnx.Intermediate, "cross_attention_probs", cprobs)
+            x = x + self.cross(cout.reshape(x.shape))
+        h = modulate(self._norm(x), shift2, scale2)
+        x = x + gate2[:, None] * self.fc2(jax.nn.gelu(self.fc1(h), approximate=True))
+        return x

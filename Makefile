@@ -4,7 +4,7 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
-PYTEST_WORKERS ?= 0
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-ref bench lint format clean
 
@@ -40,6 +40,7 @@ test-ref: $(VENV)/.stamp-ref
 bench: $(VENV)/.stamp-base
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory $(VENV)/.stamp-gpu; fi
 	$(BIN)/python benchmarks/samplers.py
+	$(BIN)/python benchmarks/denoisers.py
 
 lint: $(VENV)/.stamp-test
 	$(BIN)/ruff format --check .

@@ -12,17 +12,14 @@ writes JSON to DIR/<date>_<device>_samplers.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import pathlib
-import platform
-import re
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import time_call, write_result
 
 from jaxcf import diffusion as D
 
@@ -72,24 +69,6 @@ def _python_loop_ddim(sched, steps):
     return run
 
 
-def _time(fn, x, repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(x))
-    compile_s = time.perf_counter() - start
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        runs.append(time.perf_counter() - start)
-    return compile_s, statistics.median(runs)
-
-
-def device_slug() -> str:
-    dev = jax.devices()[0]
-    name = dev.device_kind if dev.platform != "cpu" else "cpu"
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
@@ -108,7 +87,7 @@ def main(argv=None) -> dict:
         cases = {name: jax.jit(fn) for name, fn in _samplers(sched, flow, args.steps).items()}
         cases["ddim_python_loop"] = _python_loop_ddim(sched, args.steps)
         for name, fn in cases.items():
-            compile_s, run_s = _time(fn, x, args.repeats)
+            compile_s, run_s = time_call(lambda fn=fn, x=x: fn(x), args.repeats)
             rows.append(
                 {
                     "sampler": name,
@@ -121,19 +100,7 @@ def main(argv=None) -> dict:
                 }
             )
     dev = jax.devices()[0]
-    result = {
-        "benchmark": "samplers",
-        "date": datetime.date.today().isoformat(),
-        "device": dev.device_kind,
-        "platform": dev.platform,
-        "device_count": jax.device_count(),
-        "host": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "sample_shape": args.shape,
-        "model": "trivial (0.1 * x)",
-        "results": rows,
-    }
+    meta = {"sample_shape": args.shape, "model": "trivial (0.1 * x)"}
     print(
         f"{dev.device_kind} ({dev.platform}), sample shape {args.shape}, "
         f"{args.steps} steps, trivial model"
@@ -141,13 +108,12 @@ def main(argv=None) -> dict:
     print(f"{'sampler':<18}{'batch':>6}{'first call s':>14}{'steps/s':>10}{'us/step':>10}")
     for r in rows:
         print(
-            f"{r['sampler']:<18}{r['batch']:>6}{r['first_call_s']:>14.2f}{r['steps_per_s']:>10.0f}{r['us_per_step']:>10.1f}"
+            f"{r['sampler']:<18}{r['batch']:>6}{r['first_call_s']:>14.2f}"
+            f"{r['steps_per_s']:>10.0f}{r['us_per_step']:>10.1f}"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{result['date']}_{device_slug()}_samplers.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result("samplers", rows, args.out, **meta)
     print(f"wrote {path}")
-    return result
+    return {"results": rows, **meta}
 
 
 if __name__ == "__main__":

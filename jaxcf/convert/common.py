@@ -8,6 +8,7 @@ checks every leaf's shape; unknown or missing keys are listed in the error.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pathlib
 from collections.abc import Iterable, Mapping
@@ -45,7 +46,10 @@ def load_state_dict(path: str | os.PathLike, *, subkey: str | None = None) -> di
             "or convert the file to .safetensors"
         ) from None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # facebookresearch training checkpoints keep their argparse.Namespace "args" beside
+        # the weights; allow that one class in torch's safe (weights_only) unpickler.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
     if subkey is not None:
@@ -65,7 +69,7 @@ def load_state_dict(path: str | os.PathLike, *, subkey: str | None = None) -> di
 
 def check_keys(state: Mapping[str, Any], used: Iterable[str], source: str) -> None:
     """Raise if the checkpoint has keys the converter did not use (e.g. another
-    architecture) or lacks keys it needed; both lists go into the message."""
+    architecture); the unused names go into the message."""
     used = set(used)
     unknown = sorted(set(state) - used)
     if unknown:
@@ -74,18 +78,31 @@ def check_keys(state: Mapping[str, Any], used: Iterable[str], source: str) -> No
 
 
 class KeyReader:
-    """Takes tensors out of a state dict by name, remembering which were used and listing
-    every missing name at the end."""
+    """Takes tensors out of a state dict by name, remembering which were used.
+
+    Call :meth:`require` with every name a conversion needs before reading, so that all
+    missing names are reported in one error; `__call__` on a missing name raises at once.
+    """
 
     def __init__(self, state: Mapping[str, np.ndarray], source: str):
         self.state, self.source = state, source
         self.used: set[str] = set()
         self.missing: list[str] = []
 
+    def require(self, keys: Iterable[str]) -> None:
+        """Raise one CheckpointError listing every name in `keys` the checkpoint lacks."""
+        self.missing = [k for k in keys if k not in self.state]
+        self._raise_missing()
+
+    def _raise_missing(self) -> None:
+        if self.missing:
+            shown = ", ".join(self.missing[:20]) + (" ..." if len(self.missing) > 20 else "")
+            raise CheckpointError(f"{self.source}: {len(self.missing)} missing keys: {shown}")
+
     def __call__(self, key: str) -> np.ndarray:
         if key not in self.state:
             self.missing.append(key)
-            return np.zeros((0,), np.float32)
+            self._raise_missing()
         self.used.add(key)
         return np.asarray(self.state[key])
 
@@ -93,9 +110,8 @@ class KeyReader:
         return key in self.state
 
     def finish(self) -> None:
-        if self.missing:
-            shown = ", ".join(self.missing[:20]) + (" ..." if len(self.missing) > 20 else "")
-            raise CheckpointError(f"{self.source}: {len(self.missing)} missing keys: {shown}")
+        """Raise if names were missing or if the checkpoint holds keys nobody read."""
+        self._raise_missing()
         check_keys(self.state, self.used, self.source)
 
 
@@ -127,11 +143,12 @@ def fill_params(params: nnx.State, values: Mapping, source: str) -> nnx.State:
             lookup = {str(k): k for k in v}
             return {k: walk(t[k], v[lookup[str(k)]], f"{path}/{k}") for k in t if str(k) in lookup}
         arr = np.asarray(v)
-        if arr.shape != np.shape(t):
+        if arr.shape != tuple(t.shape):
             problems.append(
-                f"{path}: shape {arr.shape} from the checkpoint, {np.shape(t)} in the model"
+                f"{path}: shape {arr.shape} from the checkpoint, {tuple(t.shape)} in the model"
             )
-        return arr.astype(np.asarray(t).dtype)
+        # t may be an array or an abstract jax.ShapeDtypeStruct (params from nnx.eval_shape).
+        return arr.astype(t.dtype)
 
     filled = walk(target, values, "")
     if problems:

@@ -17,8 +17,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcf.models import init
+
 Dtype = Any
 zeros = nnx.initializers.zeros_init()
+
+
+def linear(
+    cin: int,
+    cout: int,
+    *,
+    zero_init: bool = False,
+    kernel_init=None,
+    use_bias: bool = True,
+    dtype: Dtype = None,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A dense layer with float32 parameters, PyTorch's default init (host-sampled, see
+    jaxcf.models.init) unless zero_init or kernel_init says otherwise."""
+    kernel_init = zeros if zero_init else (kernel_init or init.torch_default())
+    return nnx.Linear(cin, cout, use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
 
 
 # --- embeddings -----------------------------------------------------------------------------
@@ -54,10 +72,10 @@ class TimestepEmbedder(nnx.Module):
         init_std: float | None = None,
         rngs: nnx.Rngs,
     ):
-        init = {} if init_std is None else {"kernel_init": nnx.initializers.normal(init_std)}
+        kernel_init = None if init_std is None else init.normal(init_std)
         self.freq_dim, self.freq_shift = freq_dim, freq_shift
-        self.fc1 = nnx.Linear(freq_dim, hidden, dtype=dtype, rngs=rngs, **init)
-        self.fc2 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs, **init)
+        self.fc1 = linear(freq_dim, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.fc2 = linear(hidden, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
 
     def __call__(self, t: jax.Array) -> jax.Array:
         emb = timestep_embedding(t, self.freq_dim, freq_shift=self.freq_shift)
@@ -75,7 +93,7 @@ class LabelEmbedder(nnx.Module):
             num_classes + 1,
             dim,
             dtype=dtype,
-            embedding_init=nnx.initializers.normal(0.02),
+            embedding_init=init.normal(0.02),
             rngs=rngs,
         )
 
@@ -113,24 +131,25 @@ def conv(
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """An N-d convolution with float32 parameters."""
-    extra = {"kernel_init": zeros} if zero_init else {}
     return nnx.Conv(
         cin,
         cout,
         (kernel,) * spatial_dims,
         strides=(stride,) * spatial_dims,
         padding=padding,
+        kernel_init=zeros if zero_init else init.torch_default(),
         dtype=dtype,
         rngs=rngs,
-        **extra,
     )
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:
     """2x average pooling over every spatial axis of (B, ..., C)."""
-    window = (1,) + (2,) * (x.ndim - 2) + (1,)
-    summed = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, window, window, "VALID")
-    return summed / (2 ** (x.ndim - 2))
+    split = [x.shape[0]]
+    for n in x.shape[1:-1]:
+        split += [n // 2, 2]
+    pooled = x.reshape((*split, x.shape[-1]))
+    return pooled.mean(axis=tuple(range(2, 2 * (x.ndim - 2) + 1, 2)))
 
 
 def upsample_nearest2(x: jax.Array) -> jax.Array:
@@ -221,9 +240,7 @@ class ResBlock(nnx.Module):
         self.norm1 = GroupNorm(cin, groups, eps, rngs=rngs)
         self.conv1 = conv(spatial_dims, cin, cout, dtype=dtype, rngs=rngs)
         width = 2 * cout if scale_shift else cout
-        self.emb_proj = (
-            None if emb_dim is None else nnx.Linear(emb_dim, width, dtype=dtype, rngs=rngs)
-        )
+        self.emb_proj = None if emb_dim is None else linear(emb_dim, width, dtype=dtype, rngs=rngs)
         self.norm2 = GroupNorm(cout, groups, eps, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
         self.conv2 = conv(spatial_dims, cout, cout, zero_init=zero_out, dtype=dtype, rngs=rngs)
@@ -272,6 +289,19 @@ class AttentionEdit(NamedTuple):
     prob_scale: jax.Array | None = None
     renormalize: bool = False
     return_probs: bool = False
+
+
+def with_mask(edit: AttentionEdit | None, mask: jax.Array | None) -> AttentionEdit | None:
+    """`edit` with a key-padding mask added (combined with any mask the edit already has)."""
+    if mask is None:
+        return edit
+    edit = edit or AttentionEdit()
+    return edit._replace(mask=mask if edit.mask is None else mask & edit.mask)
+
+
+def context_key_mask(context_mask: jax.Array | None) -> jax.Array | None:
+    """(B, L) validity of context tokens -> (B, 1, 1, L) boolean attention mask."""
+    return None if context_mask is None else context_mask.astype(bool)[:, None, None, :]
 
 
 # control(layer_name, kind, spatial_shape) -> AttentionEdit | None; kind is "self" or "cross".
@@ -339,13 +369,13 @@ class SpatialAttention(nnx.Module):
         if channels % heads:
             raise ValueError(f"{channels} channels do not split into {heads} heads")
         self.heads, self.name = heads, name
-        lin = lambda i, o, **kw: nnx.Linear(i, o, dtype=dtype, rngs=rngs, **kw)
+        lin = lambda i, o, **kw: linear(i, o, dtype=dtype, rngs=rngs, **kw)
         self.norm = GroupNorm(channels, groups, rngs=rngs) if self_attention else None
         self.qkv = lin(channels, 3 * channels) if self_attention else None
         self.context_kv = (
             lin(kv_context_dim, 2 * channels) if kv_context_dim and self_attention else None
         )
-        self.proj = lin(channels, channels, kernel_init=zeros) if self_attention else None
+        self.proj = lin(channels, channels, zero_init=True) if self_attention else None
         self.cross = (
             CrossAttention(
                 channels,
@@ -366,25 +396,27 @@ class SpatialAttention(nnx.Module):
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
         control: AttentionControl | None = None,
+        kv_context: jax.Array | None = None,
     ) -> jax.Array:
+        """x (B, *spatial, C); context (B, L, D) for cross-attention with its (B, L) mask;
+        kv_context (B, L', D') tokens appended to the keys and values (defaults to context)."""
         spatial = x.shape[1:-1]
+        kv_context = context if kv_context is None else kv_context
+        kv_mask = context_mask if kv_context is context else None
         if self.qkv is not None:
             tokens = self.norm(x).reshape(x.shape[0], -1, x.shape[-1])
             q, k, v = jnp.split(self.qkv(tokens), 3, axis=-1)
             mask = None
             if self.context_kv is not None:
-                if context is None:
+                if kv_context is None:
                     raise ValueError(f"{self.name}: attention conditioning needs context tokens")
-                ck, cv = jnp.split(self.context_kv(context.astype(tokens.dtype)), 2, axis=-1)
+                ck, cv = jnp.split(self.context_kv(kv_context.astype(tokens.dtype)), 2, axis=-1)
                 k, v = jnp.concatenate([k, ck], 1), jnp.concatenate([v, cv], 1)
-                if context_mask is not None:
+                if kv_mask is not None:
                     own = jnp.ones((x.shape[0], tokens.shape[1]), bool)
-                    mask = jnp.concatenate([own, context_mask.astype(bool)], 1)[:, None, None, :]
+                    mask = jnp.concatenate([own, kv_mask.astype(bool)], 1)[:, None, None, :]
             edit = control(self.name, "self", spatial) if control else None
-            if mask is not None:
-                edit = (edit or AttentionEdit())._replace(
-                    mask=mask if (edit is None or edit.mask is None) else mask & edit.mask
-                )
+            edit = with_mask(edit, mask)
             out, probs = attention(
                 _heads(q, self.heads), _heads(k, self.heads), _heads(v, self.heads), edit
             )
@@ -413,9 +445,9 @@ class CrossAttention(nnx.Module):
     ):
         self.heads, self.name = heads, name
         self.norm = GroupNorm(channels, groups, rngs=rngs)
-        self.q = nnx.Linear(channels, channels, use_bias=False, dtype=dtype, rngs=rngs)
-        self.kv = nnx.Linear(context_dim, 2 * channels, use_bias=False, dtype=dtype, rngs=rngs)
-        self.proj = nnx.Linear(channels, channels, kernel_init=zeros, dtype=dtype, rngs=rngs)
+        self.q = linear(channels, channels, use_bias=False, dtype=dtype, rngs=rngs)
+        self.kv = linear(context_dim, 2 * channels, use_bias=False, dtype=dtype, rngs=rngs)
+        self.proj = linear(channels, channels, zero_init=True, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, context, context_mask=None, control=None):
         if context is None:
@@ -426,11 +458,7 @@ class CrossAttention(nnx.Module):
             _heads(a, self.heads) for a in jnp.split(self.kv(context.astype(tokens.dtype)), 2, -1)
         )
         edit = control(self.name, "cross", x.shape[1:-1]) if control else None
-        if context_mask is not None:
-            mask = context_mask.astype(bool)[:, None, None, :]
-            edit = (edit or AttentionEdit())._replace(
-                mask=mask if (edit is None or edit.mask is None) else mask & edit.mask
-            )
+        edit = with_mask(edit, context_key_mask(context_mask))
         out, probs = attention(q, k, v, edit)
         if probs is not None and edit.return_probs:
             self.sow(nnx.Intermediate, "attention_probs", probs)
@@ -439,6 +467,15 @@ class CrossAttention(nnx.Module):
 
 
 # --- adaLN-Zero transformer block ---------------------------------------------------------------
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """LayerNorm over the last axis without affine parameters, computed in float32 (DiT's
+    norms, whose scale and shift come from adaLN instead)."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, -1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -466,8 +503,8 @@ class AdaLNZeroBlock(nnx.Module):
         dtype: Dtype = None,
         rngs: nnx.Rngs,
     ):
-        xavier = nnx.initializers.xavier_uniform()
-        lin = lambda i, o, init=xavier: nnx.Linear(i, o, kernel_init=init, dtype=dtype, rngs=rngs)
+        xavier = init.xavier_uniform()
+        lin = lambda i, o, k=xavier: linear(i, o, kernel_init=k, dtype=dtype, rngs=rngs)
         self.heads, self.name = heads, name
         self.qkv = lin(hidden, 3 * hidden)
         self.proj = lin(hidden, hidden)
@@ -483,17 +520,10 @@ class AdaLNZeroBlock(nnx.Module):
         self.cross_kv = lin(context_dim, 2 * hidden) if has_cross else None
         self.cross = lin(hidden, hidden, zeros) if has_cross else None
 
-    @staticmethod
-    def _norm(x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, -1, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
-        return ((x32 - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
-
     def __call__(self, x, c, context=None, context_mask=None, control=None, grid=None):
         """x (B, N, D) tokens, c (B, D) conditioning vector."""
         shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.ada(jax.nn.silu(c)), 6, -1)
-        h = modulate(self._norm(x), shift1, scale1)
+        h = modulate(layer_norm(x), shift1, scale1)
         q, k, v = (_heads(a, self.heads) for a in jnp.split(self.qkv(h), 3, -1))
         edit = control(self.name, "self", grid) if control else None
         out, probs = attention(q, k, v, edit)
@@ -513,14 +543,11 @@ class AdaLNZeroBlock(nnx.Module):
                 for a in jnp.split(self.cross_kv(context.astype(x.dtype)), 2, -1)
             )
             cedit = control(f"{self.name}.cross", "cross", grid) if control else None
-            if context_mask is not None:
-                cedit = (cedit or AttentionEdit())._replace(
-                    mask=context_mask.astype(bool)[:, None, None, :]
-                )
+            cedit = with_mask(cedit, context_key_mask(context_mask))
             cout, cprobs = attention(hq, ck, cv, cedit)
             if cprobs is not None and cedit.return_probs:
                 self.sow(nnx.Intermediate, "cross_attention_probs", cprobs)
             x = x + self.cross(cout.reshape(x.shape))
-        h = modulate(self._norm(x), shift2, scale2)
+        h = modulate(layer_norm(x), shift2, scale2)
         x = x + gate2[:, None] * self.fc2(jax.nn.gelu(self.fc1(h), approximate=True))
         return x

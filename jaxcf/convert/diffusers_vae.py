@@ -1,0 +1,232 @@
+"""diffusers `AutoencoderKL` checkpoints <-> :class:`jaxcf.models.vae.AutoencoderKL` params.
+
+Reads the layout of diffusers' `diffusion_pytorch_model.safetensors` (e.g. the `vae/`
+folder of a Stable Diffusion pipeline, or stabilityai/sd-vae-ft-mse). The mid-block
+attention is named to_q / to_k / to_v / to_out.0 in current checkpoints and query / key /
+value / proj_attn in older ones; both load. Both directions use one table of
+(checkpoint key, jaxcf parameter path, layout), derived from the model's own parameter
+tree, so the model's configuration (levels, blocks per level, 2-D or 3-D) needs no
+separate description.
+
+Layouts: torch ConvNd weights (out, in, *k) <-> flax kernels (*k, in, out); torch Linear
+(out, in) <-> flax (in, out); norms and biases unchanged. Channels-first vs channels-last
+activations need nothing else: attention flattens positions in the same (D,) H, W order.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from jaxcf.convert.common import (
+    CheckpointError,
+    KeyReader,
+    conv_kernel,
+    fill_params,
+    linear_kernel,
+    load_state_dict,
+)
+
+# diffusers names the files of one model folder like this; .fp16 variants come last.
+CHECKPOINT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.bin",
+)
+ATTENTION_NAMES = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}
+LEGACY_ATTENTION_NAMES = {"q": "query", "k": "key", "v": "value", "out": "proj_attn"}
+
+Path = tuple[Any, ...]  # a path of keys into nnx.to_pure_dict(params)
+Entry = tuple[str, Path, str]  # (checkpoint key, parameter path, layout)
+
+
+# --- the key table --------------------------------------------------------------------------
+
+
+def _conv(key: str, path: Path) -> list[Entry]:
+    return [(f"{key}.weight", (*path, "kernel"), "conv"), (f"{key}.bias", (*path, "bias"), "vec")]
+
+
+def _norm(key: str, path: Path) -> list[Entry]:
+    # jaxcf.models.layers.GroupNorm wraps nnx.GroupNorm as `.norm`.
+    return [
+        (f"{key}.weight", (*path, "norm", "scale"), "vec"),
+        (f"{key}.bias", (*path, "norm", "bias"), "vec"),
+    ]
+
+
+def _resnet(tree: Mapping, key: str, path: Path) -> list[Entry]:
+    entries = _norm(f"{key}.norm1", (*path, "norm1")) + _conv(f"{key}.conv1", (*path, "conv1"))
+    entries += _norm(f"{key}.norm2", (*path, "norm2")) + _conv(f"{key}.conv2", (*path, "conv2"))
+    if "skip" in tree:  # a 1x1 conv where the block changes the channel count
+        entries += _conv(f"{key}.conv_shortcut", (*path, "skip"))
+    return entries
+
+
+def _mid(tree: Mapping, key: str, path: Path, names: Mapping[str, str]) -> list[Entry]:
+    entries = _resnet(tree["res1"], f"{key}.resnets.0", (*path, "res1"))
+    if "attn" in tree:
+        a, p = f"{key}.attentions.0", (*path, "attn")
+        entries += _norm(f"{a}.group_norm", (*p, "norm"))
+        for ours, theirs in names.items():
+            entries += [
+                (f"{a}.{theirs}.weight", (*p, ours, "kernel"), "linear"),
+                (f"{a}.{theirs}.bias", (*p, ours, "bias"), "vec"),
+            ]
+    return entries + _resnet(tree["res2"], f"{key}.resnets.1", (*path, "res2"))
+
+
+def _levels(tree: Mapping, prefix: str, ours: str, blocks: str, resample: str) -> list[Entry]:
+    """Encoder `down` <-> down_blocks (downsamplers), decoder `up` <-> up_blocks
+    (upsamplers); both jaxcf and diffusers order the decoder's from the lowest resolution."""
+    entries: list[Entry] = []
+    for i, level in sorted(tree[ours].items()):
+        for j, res in sorted(level["resnets"].items()):
+            key = f"{prefix}.{blocks}.{i}.resnets.{j}"
+            entries += _resnet(res, key, (prefix, ours, i, "resnets", j))
+        if "resample" in level:
+            inner = "conv" if "conv" in level["resample"] else "op"  # Downsample / Upsample
+            key = f"{prefix}.{blocks}.{i}.{resample}.0.conv"
+            entries += _conv(key, (prefix, ours, i, "resample", inner))
+    return entries
+
+
+def key_table(tree: Mapping, *, legacy_attention: bool = False) -> list[Entry]:
+    """(diffusers key, jaxcf path, layout) for every parameter of the model whose pure-dict
+    parameter tree is `tree`."""
+    names = LEGACY_ATTENTION_NAMES if legacy_attention else ATTENTION_NAMES
+    entries: list[Entry] = []
+    for part, ours, blocks, resample in (
+        ("encoder", "down", "down_blocks", "downsamplers"),
+        ("decoder", "up", "up_blocks", "upsamplers"),
+    ):
+        t = tree[part]
+        entries += _conv(f"{part}.conv_in", (part, "conv_in"))
+        entries += _levels(t, part, ours, blocks, resample)
+        entries += _mid(t["mid"], f"{part}.mid_block", (part, "mid"), names)
+        entries += _norm(f"{part}.conv_norm_out", (part, "norm_out"))
+        entries += _conv(f"{part}.conv_out", (part, "conv_out"))
+    entries += _conv("quant_conv", ("quant_conv",)) + _conv("post_quant_conv", ("post_quant_conv",))
+    return entries
+
+
+# --- layouts --------------------------------------------------------------------------------
+
+
+def _to_jax(w: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "conv":
+        return conv_kernel(w) if w.ndim >= 3 else w  # a wrong rank is reported by shape
+    if layout == "linear":
+        # Some converted LDM checkpoints store the attention projections as 1x1 convs.
+        while w.ndim > 2 and w.shape[-1] == 1:
+            w = w[..., 0]
+        return linear_kernel(w) if w.ndim == 2 else w
+    return w
+
+
+def _to_torch(w: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "conv":
+        return np.ascontiguousarray(np.moveaxis(w, (-1, -2), (0, 1)))
+    return np.ascontiguousarray(w.T) if layout == "linear" else np.asarray(w)
+
+
+def _torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    return _to_torch(np.empty(shape, np.float32), layout).shape
+
+
+def _get(tree: Mapping, path: Path) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _put(tree: dict, path: Path, value: Any) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+# --- conversion -----------------------------------------------------------------------------
+
+
+def vae_params_from_diffusers(
+    state: Mapping[str, np.ndarray],
+    params: nnx.State,
+    *,
+    source: str = "diffusers AutoencoderKL state dict",
+) -> nnx.State:
+    """Fill `params` (nnx.state of an AutoencoderKL, concrete or from nnx.eval_shape) with a
+    diffusers AutoencoderKL state dict {name: (torch-layout) array}; returns `params`.
+
+    Raises CheckpointError listing missing keys, unexpected keys, or keys whose shape does
+    not fit the model (in torch layout), naming `source`.
+    """
+    tree = nnx.to_pure_dict(params)
+    legacy = not any(k.endswith(".to_q.weight") for k in state) and any(
+        k.endswith(".query.weight") for k in state
+    )
+    read = KeyReader(state, source)
+    values: dict = {}
+    bad_shapes: list[str] = []
+    for key, path, layout in key_table(tree, legacy_attention=legacy):
+        want = tuple(np.shape(_get(tree, path)))
+        if not read.has(key):
+            read(key)  # recorded as missing; reported by read.finish() below
+            continue
+        raw = read(key)
+        w = _to_jax(raw, layout)
+        if w.shape != want:
+            bad_shapes.append(
+                f"{key}: shape {tuple(raw.shape)} in the checkpoint, the model expects "
+                f"{_torch_shape(want, layout)}"
+            )
+            continue
+        _put(values, path, w)
+    read.finish()
+    if bad_shapes:
+        shown = "; ".join(bad_shapes[:20]) + (" ..." if len(bad_shapes) > 20 else "")
+        raise CheckpointError(
+            f"{source}: {len(bad_shapes)} tensors do not fit the model "
+            f"(another VAE configuration?): {shown}"
+        )
+    return fill_params(params, values, source)
+
+
+def vae_params_to_diffusers(params: nnx.State) -> dict[str, np.ndarray]:
+    """The inverse: AutoencoderKL params -> a diffusers state dict of float32 numpy arrays
+    in torch layout (e.g. to save a trained VAE with safetensors.numpy.save_file and load it
+    with diffusers' AutoencoderKL)."""
+    tree = nnx.to_pure_dict(params)
+    return {
+        key: _to_torch(np.asarray(_get(tree, path), np.float32), layout)
+        for key, path, layout in key_table(tree)
+    }
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
+    """A checkpoint file, or the file inside a diffusers model folder (or the `vae/`
+    folder of a pipeline folder)."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return path  # load_state_dict reports a missing file
+    for folder in (path, path / "vae"):
+        for name in CHECKPOINT_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    raise CheckpointError(
+        f"{path}: a folder without a VAE checkpoint (looked for {', '.join(CHECKPOINT_FILES)}, "
+        "also under vae/)"
+    )
+
+
+def load_vae_checkpoint(path: str | os.PathLike, params: nnx.State) -> nnx.State:
+    """Read a diffusers AutoencoderKL checkpoint (.safetensors without torch; .bin / .pt
+    with torch), or a folder written by `save_pretrained`, into `params`."""
+    file = resolve_checkpoint(path)
+    return vae_params_from_diffusers(load_state_dict(file), params, source=str(file))

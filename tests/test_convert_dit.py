@@ -122,6 +122,23 @@ def test_facebook_safetensors_into_abstract_model(source, tmp_path):
     np.testing.assert_array_equal(np.asarray(got), out)
 
 
+def test_half_precision_export_loads(source, tmp_path):
+    # fp16 files round the fixed position embedding; it must still be recognised.
+    model, state, _ = source
+    half = {k: np.ascontiguousarray(v.astype(np.float16)) for k, v in state.items()}
+    target = build(seed=None)
+    load_dit_checkpoint(save(half, tmp_path / "dit16.safetensors"), target)
+    for got, want in zip(
+        jax.tree.leaves(params_of(target)), jax.tree.leaves(params_of(model)), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-3, rtol=2e-3)
+
+
+def test_diffusers_folder_is_accepted(tmp_path):
+    with pytest.raises(CheckpointError, match="a folder without a checkpoint"):
+        load_dit_checkpoint(tmp_path, build(seed=None))
+
+
 def save(state: dict, path):
     from safetensors.numpy import save_file
 
@@ -243,7 +260,7 @@ def test_diffusers_parity(learn_sigma, tmp_path):
     nnx.update(jax_model, dit_params_from_diffusers(state, nnx.state(jax_model, nnx.Param)))
     got = np.asarray(jax_model(jnp.asarray(x), jnp.asarray(t), {"label": jnp.asarray(labels)}))
     assert np.abs(want).max() > 0.1
-    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)  # measured 2.8e-6
     # Through the file loader: save_pretrained writes diffusion_pytorch_model.safetensors.
     ref.save_pretrained(tmp_path)
     from_file = build(seed=None, learn_sigma=learn_sigma, freq_shift=1.0)

@@ -111,3 +111,36 @@ def test_spatial_attention_records_maps_and_uses_kv_context():
     assert float(jnp.max(jnp.abs(out - attn(x, kv_context=ctx_b)))) > 1e-3
     with pytest.raises(ValueError, match="needs context tokens"):
         attn(x)
+
+
+def test_padding_mask_hides_context_tokens_and_combines_with_a_control_mask():
+    cross = L.CrossAttention(8, 6, heads=2, groups=4, name="x", rngs=nnx.Rngs(0))
+    cross.proj.kernel.set_value(jax.random.normal(jax.random.key(0), (8, 8)))
+    x = jax.random.normal(jax.random.key(1), (1, 4, 4, 8))
+    ctx = jax.random.normal(jax.random.key(2), (1, 3, 6))
+    pad = jnp.array([[1, 1, 0]])  # token 2 is padding
+    changed = ctx.at[:, 2].set(100.0)
+    np.testing.assert_allclose(cross(x, ctx, pad), cross(x, changed, pad), atol=1e-6)
+    assert float(jnp.max(jnp.abs(cross(x, ctx) - cross(x, changed)))) > 1e-3
+    # A control that also hides token 1 leaves token 0 alone: the masks combine.
+    only0 = lambda name, kind, shape: L.AttentionEdit(
+        mask=jnp.array([True, False, True])[None, None, None]
+    )
+    out = cross(x, ctx, pad, only0)
+    np.testing.assert_allclose(out, cross(x, ctx.at[:, 1].set(-50.0), pad, only0), atol=1e-6)
+    assert float(jnp.max(jnp.abs(out - cross(x, ctx.at[:, 0].set(-50.0), pad, only0)))) > 1e-3
+
+
+def test_heads_must_divide_channels():
+    with pytest.raises(ValueError, match="heads of 64"):
+        L.SpatialAttention(96, head_channels=64, rngs=nnx.Rngs(0))
+
+
+def test_host_initialisers_work_under_vmap_and_jit():
+    from jaxcf.models import init
+
+    draw = init.torch_default()
+    keys = jax.random.split(jax.random.key(0), 3)
+    batched = jax.jit(jax.vmap(lambda k: draw(k, (4, 5))))(keys)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], draw(keys[i], (4, 5)))

@@ -9,6 +9,7 @@ import pytest
 
 from jaxcf import diffusion as D
 from jaxcf import models
+from jaxcf.models.layers import AttentionEdit
 
 
 def test_dit_builds_and_serves_as_a_model_fn():
@@ -72,3 +73,38 @@ def test_lowered_flops_agree_with_compiled():
     assert models.forward_flops(apply_fn, params, *args) == pytest.approx(
         compiled["flops"], rel=0.01
     )
+
+
+def test_dit_cross_attention_maps_are_named_as_the_control_saw_them():
+    config = {
+        "family": "dit",
+        "preset": "DiT-S/2",
+        "input_size": 8,
+        "depth": 1,
+        "context_dim": 6,
+        "num_classes": 0,
+    }
+    apply_fn, params = models.build(config, jax.random.key(0))
+    seen = []
+
+    def control(name, kind, shape):
+        seen.append(name)
+        return AttentionEdit(return_probs=True)
+
+    x, t = jnp.zeros((1, 8, 8, 4)), jnp.zeros((1,), jnp.int32)
+    _, maps = apply_fn(
+        params, x, t, {"context": jnp.ones((1, 3, 6))}, control=control, return_attention=True
+    )
+    assert sorted(maps) == sorted(seen) == ["blocks.0", "blocks.0.cross"]
+
+
+def test_unknown_config_fields_are_listed():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['chanels'\]"):
+        models.build({"family": "dit", "preset": "DiT-S/2", "chanels": 3}, jax.random.key(0))
+
+
+def test_apply_fns_of_equal_graphs_are_one_static_argument():
+    a, _ = models.build({"family": "unet", "preset": "tiny2d"}, jax.random.key(0))
+    b, _ = models.build({"family": "unet", "preset": "tiny2d"}, jax.random.key(1))
+    c, _ = models.build({"family": "unet", "preset": "tiny3d"}, jax.random.key(0))
+    assert a == b and hash(a) == hash(b) and a != c

@@ -58,17 +58,28 @@ def test_wdm_runs_on_wavelet_coefficients(preset):
     assert wavelet.from_wavelet(out).shape == volume.shape
 
 
-@pytest.mark.parametrize("preset", ["diffscm_brats64", "diffscm_brats128", "pcf_unet_brats128"])
-def test_paper_presets_build_abstractly(preset):
-    params = models.abstract_params({"family": "unet", "preset": preset})
-    n = models.param_count(params)
-    assert 20e6 < n < 40e6, n  # 64-channel ADM networks: ~27M parameters
+# Parameter counts of the reference implementations, instantiated in PyTorch on 2026-11-22
+# with the papers' flags: vios-s/Diff-SCM's UNetModel (diff_scm/models/unet.py) and
+# pfriedri/wdm-3d's UNetModel (run.sh settings). Equal counts pin the architecture: the
+# label path, attention placement and (WDM) additive-skip channel bookkeeping.
+REFERENCE_COUNTS = [
+    ("unet", "diffscm_brats64", 27_144_900),
+    ("unet", "diffscm_brats128", 28_029_700),
+    ("unet", "pcf_unet_brats128", 28_029_700),  # Diff-SCM's 128 px network (see unet.py)
+    ("wdm", "wdm128", 57_914_824),
+    ("wdm", "wdm256", 83_158_728),
+]
 
 
-@pytest.mark.parametrize("preset", ["wdm128", "wdm256", "wdm128_text"])
-def test_wdm_presets_build_abstractly(preset):
-    n = models.param_count(models.abstract_params({"family": "wdm", "preset": preset}))
-    assert 20e6 < n < 200e6, n
+@pytest.mark.parametrize("family,preset,count", REFERENCE_COUNTS)
+def test_presets_have_the_reference_parameter_counts(family, preset, count):
+    assert models.param_count(models.abstract_params({"family": family, "preset": preset})) == count
+
+
+def test_text_wdm_adds_cross_attention_and_a_deeper_bottleneck():
+    base = models.param_count(models.abstract_params({"family": "wdm", "preset": "wdm128"}))
+    text = models.param_count(models.abstract_params({"family": "wdm", "preset": "wdm128_text"}))
+    assert text > base + 5e6  # 4 cross-attention levels, the bottleneck's included, + 2 blocks
 
 
 def test_class_attention_makes_the_label_matter():
@@ -95,7 +106,7 @@ def test_bf16_compute_is_close_to_fp32():
     assert out16.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out16)))
     # bf16 keeps 8 mantissa bits: relative error of a deep conv net ~1e-2.
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
-    assert rel < 0.05, rel
+    assert 1e-5 < rel < 0.05, rel  # a difference at all shows bf16 was really used
     assert jax.tree.leaves(params)[0].dtype == jnp.float32
 
 
@@ -109,7 +120,14 @@ def test_remat_gives_the_same_output_and_gradient():
     (v1, g1), (v2, g2) = loss(plain)(params), loss(remat)(params)
     assert float(v1) == pytest.approx(float(v2), rel=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # A gradient with respect to the input alone (guidance, latent correction), parameters
+    # closed over from the outer trace.
+    grad_x = lambda f: jax.jit(jax.grad(lambda x: jnp.mean(f(params, x, jnp.array([7])) ** 2)))
+    gx_remat, gx_plain = grad_x(remat)(x), grad_x(plain)(x)
+    scale = float(jnp.max(jnp.abs(gx_plain)))
+    assert scale > 0
+    np.testing.assert_allclose(gx_remat, gx_plain, rtol=0, atol=1e-4 * scale)
 
 
 def test_attention_maps_through_build_and_no_change_to_the_output():
@@ -154,13 +172,13 @@ def test_unet_in_a_sampler_scan_and_a_training_step(preset, shape):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    new_params, _, value = train_step(params, opt_state, x_T, jax.random.key(2))
-    assert np.isfinite(float(value))
-    moved = [
-        float(jnp.max(jnp.abs(a - b)))
-        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new_params), strict=True)
-    ]
-    assert max(moved) > 1e-4
+    # A few steps on one batch and one noise draw must lower its loss.
+    losses = []
+    for _ in range(4):
+        params, opt_state, value = train_step(params, opt_state, x_T, jax.random.key(2))
+        losses.append(float(value))
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0], losses
 
 
 def test_dropout_key_switches_dropout_on():
@@ -206,3 +224,47 @@ def test_forward_flops_scale_with_batch():
     )
     assert one > 1e7
     assert two == pytest.approx(2 * one, rel=0.05)
+
+
+def test_diffscm_label_path_has_a_zero_null_row_and_an_mlp():
+    module = models.build_module(
+        {"family": "unet", "preset": "tiny2d", "label_mlp": True}, jax.random.key(0)
+    )
+    null = module.label_embed(jnp.array([2]))
+    np.testing.assert_array_equal(null, 0.0)  # padding_idx: the null label embeds to zero
+    assert float(jnp.abs(module.label_embed(jnp.array([1]))).max()) > 0
+    assert module.label_mlp.fc2.kernel.get_value().shape == (128, 128)
+
+
+@pytest.mark.parametrize(
+    "x_shape,t,cond,message",
+    [
+        ((1, 16, 16, 16, 4), [0], {"label": [0]}, "2-D UNet expects x of shape"),
+        ((1, 32, 32, 3), [0], {"label": [0]}, "expects x of shape"),
+        ((1, 33, 33, 4), [0], {"label": [0]}, "multiples of 2"),
+        ((2, 32, 32, 4), [0, 1, 2], {"label": [0, 0]}, "t must be a scalar or"),
+        ((1, 32, 32, 4), [0], {}, "class-conditional"),
+        (
+            (1, 32, 32, 4),
+            [0],
+            {"label": [0], "context": jnp.ones((1, 2, 8))},
+            "without cross-attention",
+        ),
+    ],
+)
+def test_unet_input_errors_name_the_problem(x_shape, t, cond, message):
+    apply_fn, params = models.build({"family": "unet", "preset": "tiny2d"}, jax.random.key(0))
+    cond = {k: jnp.asarray(v) for k, v in cond.items()}
+    with pytest.raises(ValueError, match=message):
+        apply_fn(params, jnp.zeros(x_shape), jnp.asarray(t), cond)
+
+
+def test_unconditional_unet_refuses_a_label():
+    apply_fn, params = models.build({"family": "unet", "preset": "tiny3d"}, jax.random.key(0))
+    with pytest.raises(ValueError, match="unconditional UNet"):
+        apply_fn(
+            params,
+            jnp.zeros((1, 16, 16, 16, 1)),
+            jnp.zeros((1,), jnp.int32),
+            {"label": jnp.zeros((1,), jnp.int32)},
+        )

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -22,8 +24,54 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be converted; the message names the file and the keys."""
 
 
+# The weight files of a diffusers save_pretrained model folder; .fp16 variants last.
+DIFFUSERS_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.fp16.bin",
+)
+
+
+def shorten(names: Sequence[str], limit: int = 20, sep: str = ", ") -> str:
+    """The first `limit` names joined, with " ..." when there are more."""
+    return sep.join(names[:limit]) + (" ..." if len(names) > limit else "")
+
+
+def tree_get(tree: Mapping, path: Sequence[Any]) -> Any:
+    """tree[path[0]][path[1]]... in a nested dict such as nnx.to_pure_dict(params)."""
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def tree_set(tree: dict, path: Sequence[Any], value: Any) -> None:
+    """Set tree[path[0]]...[path[-1]] = value, creating the groups on the way."""
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def resolve_checkpoint(
+    path: str | os.PathLike, filenames: Sequence[str], subfolders: Sequence[str] = ()
+) -> pathlib.Path:
+    """A checkpoint file, or the first of `filenames` inside the folder `path` or one of its
+    `subfolders` (diffusers' save_pretrained folders: e.g. a pipeline's vae/, transformer/)."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return path  # load_state_dict reports a missing file
+    for folder in (path, *(path / sub for sub in subfolders)):
+        for name in filenames:
+            if (folder / name).is_file():
+                return folder / name
+    looked = ", ".join(filenames)
+    also = f", also under {', '.join(subfolders)}" if subfolders else ""
+    raise CheckpointError(f"{path}: a folder without a checkpoint (looked for {looked}{also})")
+
+
 def load_state_dict(path: str | os.PathLike, *, subkey: str | None = None) -> dict[str, np.ndarray]:
-    """Tensors of a checkpoint as float32 / int numpy arrays keyed by their names.
+    """Tensors of a checkpoint as numpy arrays keyed by their names (torch floats become
+    float32; safetensors keep their stored dtype).
 
     subkey: for torch pickles holding several dicts (facebookresearch DiT: {model, ema, opt,
     args}), the entry to take; by default "ema" then "model" then the top level.
@@ -61,9 +109,11 @@ def load_state_dict(path: str | os.PathLike, *, subkey: str | None = None) -> di
             if isinstance(obj, Mapping) and name in obj and isinstance(obj[name], Mapping):
                 obj = obj[name]
                 break
+    # Keep tensors only: flat training dicts also hold entries like "epoch": 3.
     return {
         k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
         for k, v in obj.items()
+        if isinstance(v, torch.Tensor)
     }
 
 
@@ -73,8 +123,7 @@ def check_keys(state: Mapping[str, Any], used: Iterable[str], source: str) -> No
     used = set(used)
     unknown = sorted(set(state) - used)
     if unknown:
-        shown = ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        raise CheckpointError(f"{source}: {len(unknown)} unexpected keys: {shown}")
+        raise CheckpointError(f"{source}: {len(unknown)} unexpected keys: {shorten(unknown)}")
 
 
 class KeyReader:
@@ -96,8 +145,8 @@ class KeyReader:
 
     def _raise_missing(self) -> None:
         if self.missing:
-            shown = ", ".join(self.missing[:20]) + (" ..." if len(self.missing) > 20 else "")
-            raise CheckpointError(f"{self.source}: {len(self.missing)} missing keys: {shown}")
+            missing = shorten(self.missing)
+            raise CheckpointError(f"{self.source}: {len(self.missing)} missing keys: {missing}")
 
     def __call__(self, key: str) -> np.ndarray:
         if key not in self.state:
@@ -127,7 +176,8 @@ def conv_kernel(w: np.ndarray) -> np.ndarray:
 
 def fill_params(params: nnx.State, values: Mapping, source: str) -> nnx.State:
     """Replace every leaf of `params` by `values` (a nested dict with the same structure as
-    nnx.to_pure_dict(params)), checking that the structure and every shape match."""
+    nnx.to_pure_dict(params)), checking that the structure and every shape match. The
+    target may be abstract (from nnx.eval_shape); the leaves become jax arrays."""
     target = nnx.to_pure_dict(params)
     problems: list[str] = []
 
@@ -152,7 +202,8 @@ def fill_params(params: nnx.State, values: Mapping, source: str) -> nnx.State:
 
     filled = walk(target, values, "")
     if problems:
-        shown = "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else "")
-        raise CheckpointError(f"{source}: {len(problems)} mismatches: {shown}")
-    nnx.replace_by_pure_dict(params, filled)
+        raise CheckpointError(
+            f"{source}: {len(problems)} mismatches: {shorten(problems, sep='; ')}"
+        )
+    nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, filled))
     return params

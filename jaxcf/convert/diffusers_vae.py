@@ -16,7 +16,6 @@ activations need nothing else: attention flattens positions in the same (D,) H, 
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,21 +23,19 @@ import numpy as np
 from flax import nnx
 
 from jaxcf.convert.common import (
+    DIFFUSERS_WEIGHT_FILES,
     CheckpointError,
     KeyReader,
     conv_kernel,
     fill_params,
     linear_kernel,
     load_state_dict,
+    resolve_checkpoint,
+    shorten,
+    tree_get,
+    tree_set,
 )
 
-# diffusers names the files of one model folder like this; .fp16 variants come last.
-CHECKPOINT_FILES = (
-    "diffusion_pytorch_model.safetensors",
-    "diffusion_pytorch_model.bin",
-    "diffusion_pytorch_model.fp16.safetensors",
-    "diffusion_pytorch_model.fp16.bin",
-)
 ATTENTION_NAMES = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out.0"}
 LEGACY_ATTENTION_NAMES = {"q": "query", "k": "key", "v": "value", "out": "proj_attn"}
 
@@ -140,18 +137,6 @@ def _torch_shape(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
     return _to_torch(np.empty(shape, np.float32), layout).shape
 
 
-def _get(tree: Mapping, path: Path) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
-def _put(tree: dict, path: Path, value: Any) -> None:
-    for k in path[:-1]:
-        tree = tree.setdefault(k, {})
-    tree[path[-1]] = value
-
-
 # --- conversion -----------------------------------------------------------------------------
 
 
@@ -172,13 +157,12 @@ def vae_params_from_diffusers(
         k.endswith(".query.weight") for k in state
     )
     read = KeyReader(state, source)
+    table = key_table(tree, legacy_attention=legacy)
+    read.require([key for key, _, _ in table])  # every missing name in one error
     values: dict = {}
     bad_shapes: list[str] = []
-    for key, path, layout in key_table(tree, legacy_attention=legacy):
-        want = tuple(np.shape(_get(tree, path)))
-        if not read.has(key):
-            read(key)  # recorded as missing; reported by read.finish() below
-            continue
+    for key, path, layout in table:
+        want = tuple(np.shape(tree_get(tree, path)))
         raw = read(key)
         w = _to_jax(raw, layout)
         if w.shape != want:
@@ -187,13 +171,12 @@ def vae_params_from_diffusers(
                 f"{_torch_shape(want, layout)}"
             )
             continue
-        _put(values, path, w)
+        tree_set(values, path, w)
     read.finish()
     if bad_shapes:
-        shown = "; ".join(bad_shapes[:20]) + (" ..." if len(bad_shapes) > 20 else "")
         raise CheckpointError(
             f"{source}: {len(bad_shapes)} tensors do not fit the model "
-            f"(another VAE configuration?): {shown}"
+            f"(another VAE configuration?): {shorten(bad_shapes, sep='; ')}"
         )
     return fill_params(params, values, source)
 
@@ -204,29 +187,13 @@ def vae_params_to_diffusers(params: nnx.State) -> dict[str, np.ndarray]:
     with diffusers' AutoencoderKL)."""
     tree = nnx.to_pure_dict(params)
     return {
-        key: _to_torch(np.asarray(_get(tree, path), np.float32), layout)
+        key: _to_torch(np.asarray(tree_get(tree, path), np.float32), layout)
         for key, path, layout in key_table(tree)
     }
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> pathlib.Path:
-    """A checkpoint file, or the file inside a diffusers model folder (or the `vae/`
-    folder of a pipeline folder)."""
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        return path  # load_state_dict reports a missing file
-    for folder in (path, path / "vae"):
-        for name in CHECKPOINT_FILES:
-            if (folder / name).is_file():
-                return folder / name
-    raise CheckpointError(
-        f"{path}: a folder without a VAE checkpoint (looked for {', '.join(CHECKPOINT_FILES)}, "
-        "also under vae/)"
-    )
 
 
 def load_vae_checkpoint(path: str | os.PathLike, params: nnx.State) -> nnx.State:
     """Read a diffusers AutoencoderKL checkpoint (.safetensors without torch; .bin / .pt
     with torch), or a folder written by `save_pretrained`, into `params`."""
-    file = resolve_checkpoint(path)
+    file = resolve_checkpoint(path, DIFFUSERS_WEIGHT_FILES, subfolders=("vae",))
     return vae_params_from_diffusers(load_state_dict(file), params, source=str(file))

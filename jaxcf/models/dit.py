@@ -32,10 +32,10 @@ from jaxcf.models.layers import (
     LabelEmbedder,
     TimestepEmbedder,
     layer_norm,
+    linear,
     modulate,
 )
 
-zeros = nnx.initializers.zeros_init()
 # DiT initialises the patch conv like a Linear on its flattened (C*p*p -> hidden) weight, so
 # the fan-in is C*p*p and the fan-out is hidden (flax's default conv fans would multiply
 # the fan-out by p*p as well).
@@ -88,7 +88,7 @@ class FinalLayer(nnx.Module):
     predicts exactly zero."""
 
     def __init__(self, hidden: int, patch: int, out_channels: int, *, dtype: Dtype, rngs):
-        lin = lambda i, o: nnx.Linear(i, o, kernel_init=zeros, dtype=dtype, rngs=rngs)
+        lin = lambda i, o: linear(i, o, zero_init=True, dtype=dtype, rngs=rngs)
         self.ada = lin(hidden, 2 * hidden)
         self.linear = lin(hidden, patch * patch * out_channels)
 

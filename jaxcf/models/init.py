@@ -9,6 +9,11 @@ jax.pure_callback, so a key gives the same parameters either way.
 
 Each function returns an initializer `init(key, shape, dtype) -> array`, the signature
 Flax expects for kernel_init / embedding_init.
+
+Caveats: NumPy guarantees its Generator streams within a NumPy version only (NEP 19), so
+"same key, same parameters" holds across runs of one environment. Under jit on several
+devices the callback's output lands on one device first; initialise eagerly (jaxcf.models
+.build does) and place parameters afterwards for sharded models.
 """
 
 from __future__ import annotations
@@ -44,15 +49,18 @@ def _host(sample: Callable[[np.random.Generator, tuple], np.ndarray]) -> Initial
             return sample(_generator(key_data), shape).astype(np.dtype(dtype))
 
         if isinstance(data, jax.core.Tracer):
-            return jax.pure_callback(draw, jax.ShapeDtypeStruct(shape, dtype), data)
+            return jax.pure_callback(
+                draw, jax.ShapeDtypeStruct(shape, dtype), data, vmap_method="sequential"
+            )
         return jnp.asarray(draw(np.asarray(data)))
 
     return init
 
 
 def torch_default() -> Initializer:
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's Linear / Conv default (kaiming uniform
-    with a = sqrt(5)), what the reference UNets were trained from."""
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's Linear / Conv weight default (kaiming
+    uniform with a = sqrt(5)), which the reference UNets start from (their biases are
+    uniform too; jaxcf's start at zero)."""
 
     def sample(rng, shape):
         bound = 1.0 / math.sqrt(_fans(shape)[0])

@@ -59,8 +59,28 @@ def timestep_embedding(
     return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
-class TimestepEmbedder(nnx.Module):
-    """Sinusoidal features -> Linear -> SiLU -> Linear."""
+class EmbeddingMLP(nnx.Module):
+    """Linear -> SiLU -> Linear, the projection every conditioning vector goes through."""
+
+    def __init__(
+        self,
+        din: int,
+        hidden: int,
+        *,
+        dtype: Dtype = None,
+        init_std: float | None = None,
+        rngs: nnx.Rngs,
+    ):
+        kernel_init = None if init_std is None else init.normal(init_std)
+        self.fc1 = linear(din, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+        self.fc2 = linear(hidden, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(jax.nn.silu(self.fc1(x)))
+
+
+class TimestepEmbedder(EmbeddingMLP):
+    """Sinusoidal features of t -> Linear -> SiLU -> Linear."""
 
     def __init__(
         self,
@@ -72,23 +92,34 @@ class TimestepEmbedder(nnx.Module):
         init_std: float | None = None,
         rngs: nnx.Rngs,
     ):
-        kernel_init = None if init_std is None else init.normal(init_std)
+        super().__init__(freq_dim, hidden, dtype=dtype, init_std=init_std, rngs=rngs)
         self.freq_dim, self.freq_shift = freq_dim, freq_shift
-        self.fc1 = linear(freq_dim, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
-        self.fc2 = linear(hidden, hidden, kernel_init=kernel_init, dtype=dtype, rngs=rngs)
 
     def __call__(self, t: jax.Array) -> jax.Array:
-        emb = timestep_embedding(t, self.freq_dim, freq_shift=self.freq_shift)
-        return self.fc2(jax.nn.silu(self.fc1(emb)))
+        t = jnp.asarray(t)
+        return super().__call__(timestep_embedding(t, self.freq_dim, freq_shift=self.freq_shift))
 
 
 class LabelEmbedder(nnx.Module):
     """Class labels -> vectors, with a null row at index num_classes for classifier-free
     guidance (the condition that training replaces labels with, and sampling guides away
-    from)."""
+    from).
 
-    def __init__(self, num_classes: int, dim: int, *, dtype: Dtype = None, rngs: nnx.Rngs):
-        self.num_classes = num_classes
+    zero_null: the null row embeds to zeros and never trains (PyTorch's padding_idx, as
+    Diff-SCM's label table). Labels outside [0, num_classes] give NaN vectors (Embed's
+    out-of-range fill), so a wrong label cannot pass unnoticed.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        *,
+        zero_null: bool = False,
+        dtype: Dtype = None,
+        rngs: nnx.Rngs,
+    ):
+        self.num_classes, self.zero_null = num_classes, zero_null
         self.table = nnx.Embed(
             num_classes + 1,
             dim,
@@ -98,7 +129,11 @@ class LabelEmbedder(nnx.Module):
         )
 
     def __call__(self, labels: jax.Array) -> jax.Array:
-        return self.table(jnp.asarray(labels, jnp.int32))
+        labels = jnp.asarray(labels, jnp.int32)
+        e = self.table(labels)
+        if self.zero_null:
+            e = jnp.where((labels == self.num_classes)[..., None], 0.0, e).astype(e.dtype)
+        return e
 
 
 # --- normalisation, convolution, resampling --------------------------------------------------
@@ -313,13 +348,15 @@ def attention(
 ) -> tuple[jax.Array, jax.Array | None]:
     """Multi-head attention; q (B, Q, H, D), k / v (B, K, H, D) -> ((B, Q, H, D), probs).
 
-    Without probability edits or maps this is jax.nn.dot_product_attention (cuDNN flash
-    attention on GPU when shapes and dtypes allow); otherwise an explicit float32 softmax
-    path that gives the same numbers plus the (B, H, Q, K) probabilities.
+    Without probability edits or maps this is jax.nn.dot_product_attention: on a GPU with
+    bf16 / fp16 inputs it asks for cuDNN's fused flash attention and falls back to XLA's
+    implementation where cuDNN refuses the shapes (the XLA path materialises the (B, H, Q,
+    K) logits; untested here: this project's machines have no GPU). Otherwise an explicit
+    float32 softmax path gives the same numbers plus the (B, H, Q, K) probabilities.
     """
     edit = edit or AttentionEdit()
     if edit.prob_scale is None and not edit.return_probs:
-        return jax.nn.dot_product_attention(q, k, v, bias=edit.bias, mask=edit.mask), None
+        return _fused_attention(q, k, v, edit.bias, edit.mask), None
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits / math.sqrt(q.shape[-1])
     if edit.bias is not None:
@@ -333,6 +370,17 @@ def attention(
             probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
     return out, probs
+
+
+def _fused_attention(q, k, v, bias, mask) -> jax.Array:
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(
+                q, k, v, bias=bias, mask=mask, implementation="cudnn"
+            )
+        except (NotImplementedError, ValueError, TypeError):
+            pass  # shapes or masks cuDNN does not support: use XLA below
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
 
 
 def _heads(x: jax.Array, heads: int) -> jax.Array:
@@ -365,6 +413,8 @@ class SpatialAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if head_channels:
+            if channels % head_channels:
+                raise ValueError(f"{channels} channels do not split into heads of {head_channels}")
             heads = channels // head_channels
         if channels % heads:
             raise ValueError(f"{channels} channels do not split into {heads} heads")

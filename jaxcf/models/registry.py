@@ -6,13 +6,15 @@
 `model_config` (an ml_collections.ConfigDict or a dict) has `family` ("unet", "wdm",
 "dit", "vae"), an optional `preset` name from that family's PRESETS, `dtype` (compute
 dtype: "float32" or "bfloat16"; parameters stay float32), `remat`, and any constructor
-argument, which overrides the preset. The module is split once with nnx.split; apply_fn
-merges it inside whatever jit it runs under, so it is a pure function of (params, inputs).
+argument, which overrides the preset (a field set to None keeps the preset's value).
+The module is split once with nnx.split; apply_fn merges it inside whatever jit it runs
+under, so it is a pure function of (params, inputs).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -87,10 +89,14 @@ def build_module(model_config: Any, key: jax.Array) -> nnx.Module:
     family, kwargs = model_kwargs(model_config)
     module_name, class_name = _family(family)
     cls = getattr(importlib.import_module(module_name), class_name)
-    try:
-        return cls(**kwargs, rngs=nnx.Rngs(params=key, default=key))
-    except TypeError as err:
-        raise ValueError(f"model config for {family!r}: {err}") from None
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "rngs"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(
+            f"model config for {family!r}: unknown field(s) {unknown}; "
+            f"{class_name} takes {sorted(accepted)}"
+        )
+    return cls(**kwargs, rngs=nnx.Rngs(key))
 
 
 def attention_maps(captured: nnx.State) -> dict[str, jax.Array]:
@@ -98,14 +104,38 @@ def attention_maps(captured: nnx.State) -> dict[str, jax.Array]:
     collected (a layer called twice gets a ".1" suffix on its second map)."""
     maps = {}
     for path, value in nnx.to_flat_state(captured):
-        name = ".".join(str(p) for p in path).removesuffix(".attention_probs")
+        # Named as the control saw the layer: "down.2.attn", "blocks.0", "blocks.0.cross".
+        name = ".".join(str(p) for p in path)
+        name = name.replace(".cross_attention_probs", ".cross").removesuffix(".attention_probs")
         sown = value.get_value() if hasattr(value, "get_value") else value
         for i, probs in enumerate(sown):
             maps[name if i == 0 else f"{name}.{i}"] = probs
     return maps
 
 
-class DenoiserApply:
+class _ModelApply:
+    """A pure function of (params, inputs) around one graph definition. Hashed and compared
+    by that definition, so jax.jit treats equal apply functions (static arguments) as one;
+    the hash of a DiT-XL graph takes milliseconds, so it is computed once."""
+
+    def __init__(self, graphdef: nnx.GraphDef):
+        self.graphdef = graphdef
+        self._hash = hash(graphdef)
+
+    def __hash__(self):
+        return self._hash
+
+    def __eq__(self, other):
+        if self is other:
+            return True
+        return (
+            type(other) is type(self)
+            and other._hash == self._hash
+            and other.graphdef == self.graphdef
+        )
+
+
+class DenoiserApply(_ModelApply):
     """apply_fn(params, x, t, cond=None, *, dropout_key=None, control=None,
     return_attention=False) -> prediction [, attention maps].
 
@@ -113,9 +143,6 @@ class DenoiserApply:
     return_attention also returns {layer path: (B, heads, Q, K) probabilities} for the
     layers whose control asked for them.
     """
-
-    def __init__(self, graphdef: nnx.GraphDef):
-        self.graphdef = graphdef
 
     def __call__(
         self, params, x, t, cond=None, *, dropout_key=None, control=None, return_attention=False
@@ -131,20 +158,10 @@ class DenoiserApply:
         out, captured = forward(model)
         return (out, attention_maps(captured)) if return_attention else out
 
-    # Hash / compare by graph definition so that jax.jit treats equal apply_fns as one.
-    def __hash__(self):
-        return hash(self.graphdef)
 
-    def __eq__(self, other):
-        return isinstance(other, DenoiserApply) and other.graphdef == self.graphdef
-
-
-class VAEApply:
+class VAEApply(_ModelApply):
     """Functional VAE: __call__(params, x, *, key=None) -> (reconstruction, mean, logvar);
     encode(params, x) -> (mean, logvar); decode(params, z) -> x."""
-
-    def __init__(self, graphdef: nnx.GraphDef):
-        self.graphdef = graphdef
 
     def __call__(self, params, x, *, key=None):
         return nnx.merge(self.graphdef, params)(x, rngs=key, sample=key is not None)

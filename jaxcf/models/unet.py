@@ -71,6 +71,7 @@ class UNet(nnx.Module):
         dropout_min_level: int = 0,
         learn_sigma: bool = False,
         num_classes: int = 0,
+        label_mlp: bool = False,
         class_attention: bool = False,
         context_dim: int | None = None,
         cross_attention_resolutions: Sequence[int] = (),
@@ -94,10 +95,23 @@ class UNet(nnx.Module):
         out_channels = out_channels or in_channels * (2 if learn_sigma else 1)
         self.dtype, self.remat, self.additive_skips = dtype, remat, additive_skips
         self.class_attention = class_attention
+        self.spatial_dims, self.in_channels = spatial_dims, in_channels
+        self.size_multiple = 2 ** (len(channel_mult) - 1)
+        self.has_cross = bool(cross_attention_resolutions)
         mc, emb_dim = model_channels, 4 * model_channels
         self.time_embed = L.TimestepEmbedder(emb_dim, freq_dim=mc, dtype=dtype, rngs=rngs)
+        # Diff-SCM: a label table of width model_channels with a zero, untrained null row,
+        # then a Linear-SiLU-Linear like the time embedding's (its `class_embed`).
+        label_dim = mc if label_mlp else emb_dim
         self.label_embed = (
-            L.LabelEmbedder(num_classes, emb_dim, dtype=dtype, rngs=rngs) if num_classes else None
+            L.LabelEmbedder(num_classes, label_dim, zero_null=label_mlp, dtype=dtype, rngs=rngs)
+            if num_classes
+            else None
+        )
+        self.label_mlp = (
+            L.EmbeddingMLP(mc, emb_dim, dtype=dtype, rngs=rngs)
+            if num_classes and label_mlp
+            else None
         )
         kv_dim = emb_dim if class_attention else None
 
@@ -116,8 +130,9 @@ class UNet(nnx.Module):
                 **kw,
             )
 
-        def attn(ch, resolution, name):
-            self_attn = resolution in attention_resolutions
+        def attn(ch, resolution, name, self_attn=None):
+            if self_attn is None:
+                self_attn = resolution in attention_resolutions
             cross = context_dim if resolution in cross_attention_resolutions else None
             if not (self_attn or cross):
                 return None
@@ -156,11 +171,9 @@ class UNet(nnx.Module):
         self.down = nnx.List(down)
 
         deepest = len(channel_mult) - 1
-        mid = [
-            _Stage(
-                res(ch, ch, deepest), attn(ch, resolution, "mid.attn") if mid_attention else None
-            )
-        ]
+        # As in ADM, the bottleneck has self-attention whenever mid_attention is set, whatever
+        # attention_resolutions says; text cross-attention follows the resolution list.
+        mid = [_Stage(res(ch, ch, deepest), attn(ch, resolution, "mid.attn", mid_attention))]
         mid += [_Stage(res(ch, ch, deepest)) for _ in range(num_mid_blocks - 1)]
         self.mid = nnx.List(mid)
 
@@ -192,11 +205,51 @@ class UNet(nnx.Module):
         )
 
     def _run(self, stage: _Stage, h, emb, ctx, rngs, control):
-        if not self.remat:
+        # graph_updates=False keeps gradients with respect to the input alone working (the
+        # parameters then come from an outer trace: guidance, latent correction). Inside such
+        # a remat the Rngs counter does not advance, so each stage gets its own dropout key
+        # drawn outside; a control may record maps (sow), so it runs without remat.
+        if not self.remat or control is not None:
             return stage(h, emb, ctx, rngs, control)
-        return nnx.remat(lambda s, h, emb, ctx, rngs: s(h, emb, ctx, rngs, control))(
-            stage, h, emb, ctx, rngs
-        )
+        key = None if rngs is None else rngs.dropout()
+
+        def run(stage, h, emb, ctx, key):
+            inner = None if key is None else nnx.Rngs(dropout=key)
+            return stage(h, emb, ctx, inner, None)
+
+        return nnx.remat(run, graph_updates=False)(stage, h, emb, ctx, key)
+
+    def _check_inputs(self, x: jax.Array, t: jax.Array, cond: dict) -> jax.Array:
+        """Validate shapes and conditions (one clear error each); returns t as (B,)."""
+        spatial = "D, H, W" if self.spatial_dims == 3 else "H, W"
+        if x.ndim != self.spatial_dims + 2 or x.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"this {self.spatial_dims}-D UNet expects x of shape (B, {spatial}, "
+                f"{self.in_channels}), got {x.shape}"
+            )
+        if any(n % self.size_multiple for n in x.shape[1:-1]):
+            raise ValueError(
+                f"spatial sizes {x.shape[1:-1]} must be multiples of {self.size_multiple} "
+                "(2 ** (levels - 1) for the downsamplings)"
+            )
+        t = jnp.asarray(t)
+        if t.ndim == 0:
+            t = jnp.full((x.shape[0],), t)
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must be a scalar or ({x.shape[0]},), got shape {t.shape}")
+        if "label" in cond and self.label_embed is None:
+            raise ValueError(
+                "cond['label'] given to an unconditional UNet (num_classes=0): the label would "
+                "be ignored and guidance would do nothing"
+            )
+        if self.label_embed is not None and "label" not in cond:
+            raise ValueError("this UNet is class-conditional: pass cond={'label': (B,) int32}")
+        if cond.get("context") is not None and not self.has_cross:
+            raise ValueError(
+                "cond['context'] given to a UNet without cross-attention "
+                "(set context_dim and cross_attention_resolutions)"
+            )
+        return t
 
     def __call__(
         self,
@@ -209,6 +262,7 @@ class UNet(nnx.Module):
     ) -> jax.Array:
         """x (B, *spatial, C_in), t (B,) -> (B, *spatial, C_out) float32."""
         cond = cond or {}
+        t = self._check_inputs(x, t, cond)
         dtype = self.dtype or x.dtype
         emb = self.time_embed(t)
         ctx = {
@@ -217,9 +271,9 @@ class UNet(nnx.Module):
             "kv_context": None,
         }
         if self.label_embed is not None:
-            if "label" not in cond:
-                raise ValueError("this UNet is class-conditional: pass cond={'label': (B,) int32}")
             e = self.label_embed(cond["label"])
+            if self.label_mlp is not None:
+                e = self.label_mlp(e)
             emb = emb + e
             if self.class_attention:
                 # Diff-SCM / GLIDE: the label embedding's outer product, D tokens of width D.
@@ -252,6 +306,7 @@ _DIFFSCM = dict(
     num_heads=1,
     dropout=0.1,
     num_classes=2,
+    label_mlp=True,
     class_attention=True,
 )
 # The same network at 128 px (Diff-SCM evaluates at 128: mult 1,1,2,3,4).

@@ -60,6 +60,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         block_out_channels=(32, 64, 128),
         layers_per_block=2,
         spatial_dims=3,
+        # Self-attention over every latent voxel (32^3 tokens: ~4 GB of logits per volume)
+        # does not fit; MAISI's 3-D autoencoder has none either.
+        mid_attention=False,
     ),
 }
 
@@ -68,7 +71,9 @@ def _call(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:
     """module(x), rematerialised in the backward pass when asked (3-D training memory)."""
     if not remat:
         return module(x)
-    return nnx.remat(lambda m, h: m(h))(module, x)
+    # graph_updates=False: gradients with respect to the input alone (parameters from an
+    # outer trace, e.g. decoding latents inside guidance) must keep working.
+    return nnx.remat(lambda m, h: m(h), graph_updates=False)(module, x)
 
 
 class Downsample(nnx.Module):

@@ -1,200 +1,138 @@
-"""Sampler demonstration: `python -m jaxcf.demo` (what `make demo` runs).
+"""The quickstart (`make demo`): phantom BraTS -> train -> counterfactual segmentation.
 
-No trained network is needed: the denoiser is the closed-form optimum for a small set of
-procedural 2-D brain-slice phantoms (jaxcf.diffusion.mixture_denoiser), labelled healthy
-(0) or tumour (1). The demo
-  1. draws samples with every sampler and times them (compiled once, then re-run), and
-  2. runs a Diff-SCM-style counterfactual on tumour slices whose images the model has
-     never seen: DDIM-encode with the null label, decode with classifier-free guidance
-     toward "healthy" under dynamic normalisation, and threshold |x - x_cf| into a mask,
-     scored by Dice against the phantom's tumour mask.
-It writes PNG panels and a JSON summary under --out (default runs/demo).
-The trained-model quickstart replaces this once the denoisers and data pipelines land.
+    python -m jaxcf.demo [--workdir runs/quickstart] [--steps N] [--toy]
+
+  1. writes a phantom BraTS 2021 dataset (real on-disk layout) and trains
+     configs/quickstart.py on it: a small label-conditioned UNet with condition dropout,
+     minutes on a CPU (resumes if the workdir already holds a checkpoint);
+  2. segments the held-out test slices with a tumour by their healthy counterfactuals:
+     Diff-SCM (paper 001) and the promptable counterfactual sampler with a box prompt
+     (paper 000), beside the FLAIR thresholding baseline Diff-SCM compares against, and
+     prints Dice / IoU / AUPRC / ideal Dice (python -m jaxcf.evaluate does the same);
+  3. runs `python -m jaxcf.counterfactual` on one held-out case: NIfTI with the case's
+     affine and a PNG panel.
+Everything lands under --workdir: checkpoints/, eval/test/ (metrics.md, metrics.json,
+panels), case/ (NIfTI, panel), demo.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import pathlib
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
-from jaxcf import diffusion as D
-from jaxcf.runtime import enable_compilation_cache
-from jaxcf.visualization import heatmap_rgb, save_panel, to_uint8
-
-HEALTHY, TUMOUR, NULL = 0, 1, 2
+REPO = pathlib.Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart.py"
 
 
-def phantom_slices(count: int, size: int, seed: int):
-    """Axial FLAIR-like slices in [-1, 1]: (healthy, with_tumour, tumour_mask), each (N, S, S).
+def quickstart_config(steps: int | None, toy: bool):
+    """configs/quickstart.py, optionally shortened (--steps) or shrunk to a test size (--toy)."""
+    import importlib.util
 
-    Brain ellipse with grey/white matter, dark ventricles and a bright tumour (with a
-    brighter rim) at a random position inside the white matter.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
-    healthy, tumour, masks = [], [], []
-    for _ in range(count):
-        ry, rx = rng.uniform(0.78, 0.92), rng.uniform(0.62, 0.76)
-        cy, cx = rng.uniform(-0.05, 0.05, 2)
-        head = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
-        img = np.full((size, size), -1.0)
-        img[head < 1.0] = 0.1  # grey matter
-        img[head < 0.7] = -0.2  # white matter (dark on FLAIR)
-        vent_dx = rng.uniform(0.08, 0.16)
-        for side in (-1, 1):
-            vent = ((yy - cy + 0.05) / 0.22) ** 2 + ((xx - cx - side * vent_dx) / 0.07) ** 2
-            img[vent < 1.0] = -0.8  # CSF suppressed on FLAIR
-        healthy.append(img)
-        angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.2, 0.45)
-        ty, tx = cy + dist * np.sin(angle) * ry, cx + dist * np.cos(angle) * rx
-        r = rng.uniform(0.12, 0.2)
-        d = np.sqrt((yy - ty) ** 2 + (xx - tx) ** 2) / r
-        with_tumour = img.copy()
-        with_tumour[d < 1.0] = 0.75  # oedema
-        with_tumour[(d > 0.45) & (d < 0.65)] = 0.95  # enhancing rim
-        tumour.append(with_tumour)
-        masks.append(d < 1.0)
-    return (np.stack(healthy)[..., None], np.stack(tumour)[..., None], np.stack(masks))
+    if not QUICKSTART.is_file():
+        raise FileNotFoundError(f"{QUICKSTART} is missing (run the demo from a jaxcf checkout)")
+    spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if toy:  # seconds, for the test suite: tiny images, few cases, few sampling steps
+        config.data.update(image_size=16, batch_size=8)
+        config.data.phantom.update(cases=8, size=32)
+        config.model.image_size = 16
+        config.train.update(num_steps=30, log_every=10, checkpoint_every=30, sample_every=0)
+        config.counterfactual.update(num_steps=10, batch_size=16)
+        config.eval.max_items = 16
+        config.mesh.data = 1
+    if steps is not None:
+        config.train.num_steps = steps
+        config.train.checkpoint_every = min(config.train.checkpoint_every, steps)
+    return config
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    inter = np.logical_and(pred, truth).sum()
-    return float(2 * inter / max(pred.sum() + truth.sum(), 1))
+def held_out_case(data_config) -> str:
+    """The first test-split case with a tumour (from meta.json of the prepared shards)."""
+    from jaxcf.data.pipeline import info
+
+    meta = info(data_config)
+    tests = [c for c in meta["cases"] if c["split"] == "test" and c.get("label", 0)]
+    if not tests:
+        raise ValueError("the test split has no case with a tumour")
+    return tests[0]["case_id"]
 
 
-def _timed(fn, *args):
-    """(result, seconds of the second call): the first call compiles."""
-    jax.block_until_ready(fn(*args))
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
+def run(workdir: pathlib.Path, steps: int | None, toy: bool) -> dict:
+    from jaxcf.counterfactual import cases
+    from jaxcf.counterfactual.__main__ import segment_case
+    from jaxcf.counterfactual.segment import Segmenter
+    from jaxcf.evaluate import run_evaluation
+    from jaxcf.inference import load_trained
+    from jaxcf.training.data import ensure_data
+    from jaxcf.training.loop import train_and_evaluate
 
+    config = quickstart_config(steps, toy)
+    started = time.perf_counter()
+    trained_summary = train_and_evaluate(config, workdir)
+    train_seconds = time.perf_counter() - started
 
-def run(out_dir: pathlib.Path, size: int, steps: int, seed: int) -> dict:
-    healthy, tumour, masks = phantom_slices(40, size, seed)
-    held_out = 8  # tumour images of anatomies 0..7 are never shown to the model
-    means = np.concatenate([healthy, tumour[held_out:]])
-    labels = np.array([HEALTHY] * len(healthy) + [TUMOUR] * (len(tumour) - held_out))
-    sched = D.linear()
-    model = D.mixture_denoiser(sched, means, 0.05, labels=jnp.asarray(labels), null_label=NULL)
-    key = jax.random.key(seed)
-    shape = (6, size, size, 1)
-    x_T = jax.random.normal(key, shape)
-    null = {"label": jnp.full((shape[0],), NULL)}
+    trained = load_trained(workdir)
+    started = time.perf_counter()
+    evaluation = run_evaluation(trained, workdir, "test", workdir / "eval" / "test")
+    eval_seconds = time.perf_counter() - started
 
-    flow = D.rectified_flow()
-    flow_model = D.mixture_denoiser(flow, means, 0.05, labels=jnp.asarray(labels), null_label=NULL)
-    samplers = {
-        "ddpm (ancestral)": jax.jit(
-            lambda x: D.ddpm_sample(model, sched, x, key=key, num_steps=steps, cond=null)
-        ),
-        "ddim (eta 0)": jax.jit(
-            lambda x: D.ddim_sample(model, sched, x, num_steps=steps, cond=null)
-        ),
-        "dpm-solver++ 2M": jax.jit(
-            lambda x: D.dpm_solver_pp(model, sched, x, num_steps=min(steps, 25), cond=null)
-        ),
-        "flow (heun)": jax.jit(
-            lambda x: D.flow_sample(
-                flow_model, flow, x, num_steps=min(steps, 25), cond=null, solver="heun"
-            )
-        ),
-    }
-    rows, timings = [], {}
-    for name, fn in samplers.items():
-        samples, seconds = _timed(fn, x_T)
-        n = steps if name.startswith("dd") else min(steps, 25)
-        timings[name] = {"steps": n, "seconds": seconds, "steps_per_s": n / seconds}
-        rows.append([to_uint8(s[..., 0], -1, 1) for s in np.asarray(samples)])
-    save_panel(rows, out_dir / "samples.png")
-
-    # Diff-SCM counterfactual (Sanchez et al. 2022, Alg. 1) on the held-out tumour slices.
-    x = jnp.asarray(tumour[:held_out], jnp.float32)
-    cases = x.shape[0]
-    null_c = {"label": jnp.full((cases,), NULL)}
-    healthy_c = {"label": jnp.full((cases,), HEALTHY)}
-    guided = D.classifier_free_guidance(model, 3.0, {"label": jnp.array([NULL])})
-    norm = functools.partial(D.dynamic_normalization, quantile=0.99)
-
-    @jax.jit
-    def counterfactual(x):
-        z = D.ddim_invert(
-            model, sched, x, num_steps=100, strength=0.6, cond=null_c, x0_transform=norm
-        )
-        x_cf = D.ddim_sample(
-            guided, sched, z, num_steps=100, strength=0.6, cond=healthy_c, x0_transform=norm
-        )
-        return z, x_cf
-
-    (z, x_cf), cf_seconds = _timed(counterfactual, x)
-    heat = np.mean(np.abs(np.asarray(x) - np.asarray(x_cf)), axis=-1)
-    pred = heat > 0.5 * heat.max(axis=(1, 2), keepdims=True)
-    dices = [dice(p, m) for p, m in zip(pred, masks[:held_out], strict=True)]
-    restored = float(np.abs(np.asarray(x_cf) - healthy[:held_out]).mean())
-    panel = [
-        [
-            to_uint8(x[i, ..., 0], -1, 1),
-            to_uint8(np.asarray(z)[i, ..., 0]),
-            to_uint8(np.asarray(x_cf)[i, ..., 0], -1, 1),
-            heatmap_rgb(heat[i]),
-            to_uint8(pred[i]),
-            to_uint8(masks[i]),
-        ]
-        for i in range(cases)
-    ]
-    save_panel(
-        panel,
-        out_dir / "counterfactual.png",
-        titles=["input", "encoded", "healthy cf", "|x-cf|", "mask", "truth"],
+    data_config = ensure_data(trained.config.data, workdir)
+    case_id = held_out_case(data_config)
+    case = cases.load_case(pathlib.Path(data_config.root) / case_id)
+    case_summary = segment_case(
+        Segmenter(trained, trained.config.counterfactual), case, "diffscm", workdir / "case"
     )
     summary = {
-        "device": jax.devices()[0].device_kind,
-        "image_size": size,
-        "samplers": timings,
-        "counterfactual": {
-            "cases": cases,
-            "seconds": cf_seconds,
-            "dice_mean": float(np.mean(dices)),
-            "dice_per_case": dices,
-            "mean_abs_error_to_true_healthy": restored,
-        },
+        "train": {**trained_summary, "seconds_this_run": train_seconds},
+        "evaluation": {"seconds": eval_seconds, **evaluation},
+        "case": case_summary,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+    summary["evaluation"].pop("table")
+    (workdir / "demo.json").write_text(json.dumps(summary, indent=2, default=float))
+    return {"table": evaluation["table"], **summary}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jaxcf.demo", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/demo"))
-    parser.add_argument("--size", type=int, default=64, help="phantom slice size in pixels")
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps for DDPM / DDIM")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("runs/quickstart"))
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    parser.add_argument("--toy", action="store_true", help="tiny sizes (seconds; for tests)")
     args = parser.parse_args(argv)
-    if args.size < 16 or args.steps < 1:
-        parser.error("--size must be >= 16 and --steps >= 1")
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be >= 1")
+
+    from absl import flags
+
+    from jaxcf.data.errors import DataError
+    from jaxcf.runtime import enable_compilation_cache
+
+    flags.FLAGS.mark_as_parsed()  # grain reads absl flags
     enable_compilation_cache()
-    summary = run(args.out, args.size, args.steps, args.seed)
-    print(f"device: {summary['device']}, {args.size}x{args.size} phantoms, batch 6")
-    print(f"{'sampler':<20}{'steps':>6}{'seconds':>10}{'steps/s':>10}")
-    for name, t in summary["samplers"].items():
-        print(f"{name:<20}{t['steps']:>6}{t['seconds']:>10.3f}{t['steps_per_s']:>10.0f}")
-    cf = summary["counterfactual"]
+    started = time.perf_counter()
+    try:
+        summary = run(args.workdir, args.steps, args.toy)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        print(f"jaxcf.demo: {err}", file=sys.stderr)
+        return 2
+    total = time.perf_counter() - started
+    print()
+    print(summary["table"])
+    case = summary["case"]
     print(
-        f"Diff-SCM counterfactual on {cf['cases']} unseen tumour slices: {cf['seconds']:.2f} s, "
-        f"Dice {cf['dice_mean']:.3f}, "
-        f"|x_cf - healthy truth| {cf['mean_abs_error_to_true_healthy']:.3f}"
+        f"training {summary['train']['seconds_this_run']:.0f} s, evaluation "
+        f"{summary['evaluation']['seconds']:.0f} s, total {total:.0f} s"
     )
-    print(f"wrote {args.out}/samples.png, counterfactual.png, summary.json")
+    print(
+        f"wrote {args.workdir}/eval/test/metrics.md + panels; NIfTI and panel of "
+        f"{case['case']} in {args.workdir}/case/"
+    )
     return 0
 
 

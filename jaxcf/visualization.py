@@ -75,3 +75,46 @@ def save_panel(
         canvas.save(tmp, format="PNG")
     os.replace(tmp.name, path)
     return path
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 64)) -> np.ndarray:
+    """(H, W) grey image in [-1, 1] with a bool mask drawn as a half-transparent colour."""
+    grey = _rgb(to_uint8(image, -1.0, 1.0)).astype(np.float32)
+    tint = np.asarray(colour, np.float32)
+    out = np.where(mask[..., None], 0.5 * grey + 0.5 * tint, grey)
+    return out.astype(np.uint8)
+
+
+def save_case_panel(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    counterfactual: np.ndarray,
+    heatmap: np.ndarray,
+    mask: np.ndarray,
+    truth: np.ndarray | None = None,
+    scale: int | None = None,
+) -> pathlib.Path:
+    """One slice of a counterfactual segmentation as a PNG: a row per modality (input,
+    counterfactual, |input - counterfactual|) and a last row (heatmap, predicted mask over
+    FLAIR, ground truth over FLAIR when given). Rows follow the channel order (BraTS: t1,
+    t1ce, t2, flair). image / counterfactual (H, W, C) in [-1, 1];
+    heatmap (H, W); mask / truth (H, W) bool."""
+    channels = image.shape[-1]
+    diff = np.abs(image - counterfactual)
+    rows = [
+        [
+            to_uint8(image[..., c], -1.0, 1.0),
+            to_uint8(counterfactual[..., c], -1.0, 1.0),
+            heatmap_rgb(diff[..., c], vmax=max(float(diff.max()), 1e-6)),
+        ]
+        for c in range(channels)
+    ]
+    flair = image[..., -1]
+    last = [heatmap_rgb(heatmap), mask_overlay(flair, mask)]
+    if truth is not None:
+        last.append(mask_overlay(flair, truth, colour=(64, 255, 64)))
+    rows.append(last)
+    header = ["input / heatmap", "cf / mask", "|x-cf| / truth"]
+    if scale is None:  # tiles at least ~128 px wide, so the titles fit
+        scale = max(1, -(-128 // image.shape[1]))
+    return save_panel(rows, path, titles=header, scale=scale)

@@ -1,11 +1,11 @@
-"""`python -m jaxcf.demo` runs end to end at a toy size and writes its outputs."""
+"""`python -m jaxcf.closed_form_demo` runs end to end at a toy size and writes its outputs."""
 
 import json
 
 import pytest
 from PIL import Image
 
-from jaxcf import demo
+from jaxcf import closed_form_demo as demo
 
 
 def test_demo_runs_and_writes_panels(tmp_path, capsys):

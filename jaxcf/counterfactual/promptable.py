@@ -1,0 +1,451 @@
+"""Promptable counterfactual diffusion (Shen, He & Unberath 2024, Alg. 1).
+
+A *mask prompt* says where the image may change. Public convention, used everywhere here:
+
+    region (B, ..., 1), float or bool: 1 = regenerate this pixel (the prompt),
+                                       0 = known, kept from the input.
+
+Alg. 1 writes the combination with the KNOWN-region indicator m,
+x_{t-1} = m * x_known + (1 - m) * x_guided, so its m is 1 - region.
+
+Every ancestral (DDPM) step, implemented as an `after` StepHook, so the samplers of
+`jaxcf.diffusion` are reused unchanged:
+  * known region  ~ q(x_{t-1} | x_t, x_0), the forward posterior (Alg. 1 lines 4-6), or, with
+    known="forward", q(x_{t-1} | x_0) as in plain RePaint;
+  * prompted region: the model's guided step (classifier-free guidance toward `cond`);
+  * combined by the mask (line 13). At the last step (t_next = -1) the posterior collapses
+    to x_0, so the known region of the output is exactly the input.
+With `resample=(jump_length, jump_n_sample)` the same hook runs inside RePaint's resampling
+trajectory (Lugmayr et al. 2022; defaults 10, 10).
+
+Latent models (the paper's DiT-B/2 on Stable-Diffusion VAE latents): pass `encode` /
+`decode`; the region is max-pooled to the latent grid (:func:`latent_region`) and the known
+pixels are pasted back after decoding (`paste_known`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcf.counterfactual.diffscm import difference_map
+from jaxcf.diffusion import process
+from jaxcf.diffusion.guidance import classifier_free_guidance
+from jaxcf.diffusion.samplers import (
+    ModelFn,
+    StepHooks,
+    Transform,
+    ddpm_sample,
+    repaint_sample,
+    strength_steps,
+)
+from jaxcf.diffusion.schedules import Schedule, respace
+
+Codec = Callable[[jax.Array], jax.Array]
+PromptableFn = Callable[[jax.Array, jax.Array, jax.Array, Any, Any], dict[str, jax.Array]]
+KNOWN_MODES = ("posterior", "forward")
+
+
+def as_region(region: jax.Array, x: jax.Array) -> jax.Array:
+    """Validate a mask prompt against images x (B, ..., C); return float32 (B, ..., 1).
+
+    Accepts (B, ..., 1) or (B, ...) (a channel axis is added); a batch of 1 broadcasts.
+    """
+    region = jnp.asarray(region)
+    if region.ndim == x.ndim - 1:
+        region = region[..., None]
+    if region.ndim != x.ndim or region.shape[-1] != 1:
+        raise ValueError(
+            f"region must be (B, ..., 1) or (B, ...) matching images {x.shape}, got {region.shape}"
+        )
+    if region.shape[1:-1] != x.shape[1:-1] or region.shape[0] not in (1, x.shape[0]):
+        raise ValueError(f"region {region.shape} does not match images {x.shape}")
+    return jnp.broadcast_to(region.astype(jnp.float32), (*x.shape[:-1], 1))
+
+
+def latent_region(region: jax.Array, latent_spatial_shape: Sequence[int]) -> jax.Array:
+    """Mask prompt (B, *S, 1) -> its latent-grid version (B, *s, 1), float32.
+
+    A latent cell is "to regenerate" if ANY pixel under it is (max-pooling over each
+    S_i / s_i block): a cell that mixes tumour and healthy pixels must be regenerated, else
+    its latent code would carry tumour intensities into the known region and the decoder
+    would paint them back. Each S_i must be a multiple of s_i.
+    """
+    region = jnp.asarray(region, jnp.float32)
+    b, *spatial, c = region.shape
+    latent = tuple(int(s) for s in latent_spatial_shape)
+    if c != 1 or len(latent) != len(spatial):
+        raise ValueError(
+            f"latent_region: region (B, *S, 1) with {len(latent)} spatial axes expected, "
+            f"got {region.shape} for latent grid {latent}"
+        )
+    if any(s % lat for s, lat in zip(spatial, latent, strict=True)):
+        raise ValueError(f"latent grid {latent} does not divide the image grid {tuple(spatial)}")
+    blocks = [d for s, lat in zip(spatial, latent, strict=True) for d in (lat, s // lat)]
+    pooled_axes = tuple(2 + 2 * i for i in range(len(latent)))
+    return jnp.max(region.reshape(b, *blocks, 1), axis=pooled_axes)
+
+
+def mask_prompt_hook(
+    schedule: Schedule, x0: jax.Array, region: jax.Array, *, known: str = "posterior"
+) -> StepHooks:
+    """The `after` StepHook of Alg. 1: paste the known region into each model step.
+
+    x0: (B, ..., C) the clean input (pixels or latents); region: (B, ..., 1), 1 = regenerate.
+    """
+    if known not in KNOWN_MODES:
+        raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}")
+    region = as_region(region, x0)
+
+    def after(x_next, x_t, t, t_next, key):
+        noise = jax.random.normal(key, x0.shape, jnp.float32)
+        if known == "posterior":
+            # Alg. 1 lines 4-6: x_known ~ N(mu~_t(x_t, x0), beta~_t I) (Ho et al. 2020 eqs. 6-7,
+            # for the respaced gap t -> t_next). Unlike forward noising it is tied to the
+            # current x_t, so the known region evolves along one coherent trajectory.
+            mean, var = process.posterior_mean_variance(schedule, x0, x_t, t, t_next)
+            x_known = mean + jnp.sqrt(var) * noise
+        else:
+            # RePaint: x_known ~ q(x_{t_next} | x0), independent of x_t.
+            x_known = process.q_sample(schedule, x0, t_next, noise)
+        # Alg. 1 line 13 with m = 1 - region. At t_next = -1 both give x0 exactly.
+        return region * x_next + (1.0 - region) * x_known
+
+    return StepHooks(after=after)
+
+
+def _check_resample(resample: tuple[int, int] | None) -> None:
+    if resample is None:
+        return
+    if len(resample) != 2 or min(resample) < 1:
+        raise ValueError(
+            f"resample must be None or (jump_length, jump_n_sample) >= 1, got {resample}"
+        )
+
+
+def _start_level(schedule: Schedule, num_steps: int, start_strength: float):
+    """(schedule to sample with, steps to run, first timestep or None for pure noise).
+
+    ddpm_sample / repaint_sample always walk the whole respaced chain (they have no
+    `strength=` like ddim_sample), so a partial start samples a schedule whose
+    num_timesteps is cut to k * stride: with leading spacing its respaced grid is exactly
+    the last k steps of the full num_steps grid, and the arrays (hence every timestep the
+    model sees) are unchanged.
+    """
+    if not 0.0 < start_strength <= 1.0:
+        raise ValueError(f"start_strength must be in (0, 1], got {start_strength}")
+    respace(schedule.num_timesteps, num_steps)  # validates num_steps
+    if start_strength == 1.0:
+        return schedule, num_steps, None
+    k = strength_steps(num_steps, start_strength)
+    if k < 1:
+        raise ValueError(f"start_strength {start_strength} runs no step of {num_steps}")
+    stride = schedule.num_timesteps // num_steps
+    return schedule.replace(num_timesteps=k * stride), k, (k - 1) * stride
+
+
+def promptable_sample(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x0: jax.Array,
+    region: jax.Array,
+    *,
+    key: jax.Array,
+    cond: Any,
+    null_cond: Any,
+    guidance_scale: float | jax.Array | None = 3.0,
+    num_steps: int = 100,
+    resample: tuple[int, int] | None = None,
+    known: str = "posterior",
+    start_strength: float = 1.0,
+    x0_transform: Transform = None,
+) -> jax.Array:
+    """Mask-prompted sampling (Shen et al. 2024, Alg. 1) in the space of x0.
+
+    Args:
+      model_fn: conditional denoiser trained with condition dropout.
+      schedule: its discrete schedule (ancestral steps use schedule.variance).
+      x0: (B, ..., C) the clean input (pixels, or latents of a latent model).
+      region: (B, ..., 1) mask prompt, 1 = regenerate, 0 = keep (Alg. 1's m is 1 - region).
+      key: PRNG key. split(key)[0] draws x_T, split(key)[1] drives the sampler.
+      cond: target condition pytree, e.g. {"label": (B,) int32}.
+      null_cond: null condition, leaves broadcastable to cond's (e.g. {"label": [K]}).
+      guidance_scale: CFG weight w (uncond + w (cond - uncond)); None: the conditional
+        model alone, one forward per step.
+      num_steps: respaced ancestral steps (leading spacing).
+      resample: None for plain DDPM steps, or (jump_length, jump_n_sample) for RePaint
+        resampling (RePaint's defaults: (10, 10)).
+      known: "posterior" (Alg. 1) or "forward" (plain RePaint) for the known region.
+      start_strength: 1.0 starts from x_T ~ N(0, I) as Alg. 1. EXTENSION (not in the paper):
+        < 1 starts from q(x_t | x0) at that fraction of the chain and runs only the last
+        round(start_strength * num_steps) steps, keeping more of the input's layout.
+      x0_transform: optional transform of each x0 estimate (e.g. static_clip).
+    Returns:
+      (B, ..., C) float32 counterfactual; equal to x0 wherever region == 0.
+    """
+    x0 = jnp.asarray(x0, jnp.float32)
+    hooks = mask_prompt_hook(schedule, x0, region, known=known)
+    _check_resample(resample)
+    sched, steps, t_start = _start_level(schedule, num_steps, start_strength)
+    init_key, sample_key = jax.random.split(key)
+    x_T = jax.random.normal(init_key, x0.shape, jnp.float32)  # Alg. 1 line 1
+    if t_start is not None:
+        x_T = process.q_sample(schedule, x0, jnp.full((x0.shape[0],), t_start), x_T)
+    # Alg. 1 lines 8-11: the unknown region follows the model guided toward `cond`; line 10's
+    # guidance signal is realised as classifier-free guidance (one doubled-batch forward).
+    guided = (
+        model_fn
+        if guidance_scale is None
+        else classifier_free_guidance(model_fn, guidance_scale, null_cond)
+    )
+    common = dict(key=sample_key, cond=cond, x0_transform=x0_transform, hooks=hooks)
+    if resample is None:
+        return ddpm_sample(guided, sched, x_T, num_steps=steps, **common)
+    jump_length, jump_n_sample = resample
+    return repaint_sample(
+        guided,
+        sched,
+        x_T,
+        num_steps=steps,
+        jump_length=jump_length,
+        jump_n_sample=jump_n_sample,
+        **common,
+    )
+
+
+def promptable_counterfactual(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: jax.Array,
+    region: jax.Array,
+    *,
+    key: jax.Array,
+    cond: Any,
+    null_cond: Any,
+    encode: Codec | None = None,
+    decode: Codec | None = None,
+    paste_known: bool = True,
+    **options: Any,
+) -> dict[str, jax.Array]:
+    """Counterfactual of images x (B, ..., C) under a pixel-space mask prompt region.
+
+    Pixel models sample directly. Latent models (encode / decode given, e.g.
+    partial(encode_modalities, vae) / partial(decode_modalities, vae)) sample in latent
+    space with the region max-pooled by :func:`latent_region`, then decode. `paste_known`
+    copies the known pixels (region == 0) of x into the result: a VAE round trip is not
+    the identity, and without the paste its reconstruction error would show up everywhere
+    in the difference map, not just where the prompt allowed a change. For pixel models it
+    changes nothing (the sampler already ends on x there).
+    options: promptable_sample's (guidance_scale, num_steps, resample, known,
+    start_strength, x0_transform).
+    Returns {"counterfactual": (B, ..., C), "heatmap": (B, ...) channel mean |x - cf|}.
+    """
+    if (encode is None) != (decode is None):
+        raise ValueError("pass both encode and decode (latent model) or neither (pixel model)")
+    x = jnp.asarray(x, jnp.float32)
+    region = as_region(region, x)
+    if encode is None:
+        x_cf = promptable_sample(
+            model_fn, schedule, x, region, key=key, cond=cond, null_cond=null_cond, **options
+        )
+    else:
+        z0 = jnp.asarray(encode(x), jnp.float32)
+        z_region = latent_region(region, z0.shape[1:-1])
+        z_cf = promptable_sample(
+            model_fn, schedule, z0, z_region, key=key, cond=cond, null_cond=null_cond, **options
+        )
+        x_cf = jnp.asarray(decode(z_cf), jnp.float32)
+        if x_cf.shape != x.shape:
+            raise ValueError(f"decode returned {x_cf.shape}, images are {x.shape}")
+    if paste_known:
+        x_cf = region * x_cf + (1.0 - region) * x
+    return {"counterfactual": x_cf, "heatmap": difference_map(x, x_cf)}
+
+
+def make_promptable(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    *,
+    num_steps: int = 100,
+    guidance_scale: float | None = 3.0,
+    resample: tuple[int, int] | None = None,
+    known: str = "posterior",
+    encode: Codec | None = None,
+    decode: Codec | None = None,
+    paste_known: bool = True,
+    start_strength: float = 1.0,
+    x0_transform: Transform = None,
+) -> PromptableFn:
+    """:func:`promptable_counterfactual` with fixed options as ONE jitted function.
+
+    Returns fn(x, region, key, cond, null_cond) -> {"counterfactual", "heatmap"} for x
+    (B, ..., C), region (B, ..., 1); compiles once per input shape. As with make_diffscm,
+    model_fn / encode / decode are closed over (their parameters become constants); jit
+    :func:`promptable_counterfactual` yourself to pass large parameters as arguments.
+    """
+    if known not in KNOWN_MODES:
+        raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}")
+    _check_resample(resample)
+    options = dict(
+        guidance_scale=guidance_scale,
+        num_steps=num_steps,
+        resample=resample,
+        known=known,
+        start_strength=start_strength,
+        x0_transform=x0_transform,
+    )
+
+    @jax.jit
+    def counterfactual(x, region, key, cond, null_cond) -> dict[str, jax.Array]:
+        return promptable_counterfactual(
+            model_fn,
+            schedule,
+            x,
+            region,
+            key=key,
+            cond=cond,
+            null_cond=null_cond,
+            encode=encode,
+            decode=decode,
+            paste_known=paste_known,
+            **options,
+        )
+
+    return counterfactual
+
+
+# --- two-step tumour removal and regeneration (Sec. 3, "Evaluation of Tumor Generation") ---
+
+
+def remove(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: jax.Array,
+    region: jax.Array,
+    *,
+    key: jax.Array,
+    healthy_cond: Any,
+    null_cond: Any,
+    **options: Any,
+) -> dict[str, jax.Array]:
+    """Step 1: regenerate the prompted region (tumour mask or any prompt) as healthy.
+    Returns {"counterfactual", "heatmap"}; options as promptable_counterfactual."""
+    return promptable_counterfactual(
+        model_fn, schedule, x, region, key=key, cond=healthy_cond, null_cond=null_cond, **options
+    )
+
+
+def regenerate(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: jax.Array,
+    region: jax.Array,
+    *,
+    key: jax.Array,
+    tumour_cond: Any,
+    null_cond: Any,
+    **options: Any,
+) -> dict[str, jax.Array]:
+    """Step 2: grow a tumour inside a (random or given) region of a healthy image.
+    Returns {"counterfactual", "heatmap"}; options as promptable_counterfactual."""
+    return promptable_counterfactual(
+        model_fn, schedule, x, region, key=key, cond=tumour_cond, null_cond=null_cond, **options
+    )
+
+
+def position_transfer(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x: jax.Array,
+    tumour_region: jax.Array,
+    new_region: jax.Array,
+    *,
+    key: jax.Array,
+    healthy_cond: Any,
+    tumour_cond: Any,
+    null_cond: Any,
+    **options: Any,
+) -> dict[str, jax.Array]:
+    """Move a tumour: remove it inside tumour_region, then regenerate one in new_region.
+
+    x (B, ..., C); regions (B, ..., 1), 1 = regenerate. Returns {"healthy": stage-1 image,
+    "transferred": stage-2 image (both (B, ..., C)), "removal_heatmap": |x - healthy|,
+    "regeneration_heatmap": |healthy - transferred| (channel means, (B, ...))}.
+    """
+    key_remove, key_regenerate = jax.random.split(key)
+    healed = remove(
+        model_fn,
+        schedule,
+        x,
+        tumour_region,
+        key=key_remove,
+        healthy_cond=healthy_cond,
+        null_cond=null_cond,
+        **options,
+    )
+    grown = regenerate(
+        model_fn,
+        schedule,
+        healed["counterfactual"],
+        new_region,
+        key=key_regenerate,
+        tumour_cond=tumour_cond,
+        null_cond=null_cond,
+        **options,
+    )
+    return {
+        "healthy": healed["counterfactual"],
+        "transferred": grown["counterfactual"],
+        "removal_heatmap": healed["heatmap"],
+        "regeneration_heatmap": grown["heatmap"],
+    }
+
+
+def random_region(
+    key: jax.Array,
+    shape: Sequence[int],
+    brain_mask: jax.Array | None = None,
+    radius_range: tuple[float, float] = (0.08, 0.2),
+) -> jax.Array:
+    """Random ellipse (2-D) / ellipsoid (3-D) mask prompts inside the brain, for
+    "random mask -> unhealthy" (Sec. 3, Fig. 3d).
+
+    Args:
+      key: PRNG key.
+      shape: the image shape (B, *S, C).
+      brain_mask: (B, *S) or (B, *S, 1) brain foreground (nonzero = brain), or None for the
+        whole image. The centre is drawn uniformly from brain pixels and the result is cut
+        to the brain (the paper's UNet produced black regions for masks leaving the brain).
+      radius_range: per-axis semi-axis lengths, as fractions of that axis' size, drawn
+        uniformly and independently (equal draws give a disc).
+    Returns:
+      (B, *S, 1) float32 region, 1 = regenerate. Jit-able; empty only for an empty brain.
+    """
+    b, *spatial, _ = (int(s) for s in shape)
+    lo, hi = radius_range
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"radius_range must satisfy 0 < lo <= hi, got {radius_range}")
+    if brain_mask is None:
+        brain = jnp.ones((b, *spatial), bool)
+    else:
+        brain = jnp.asarray(brain_mask)
+        if brain.ndim == len(spatial) + 2:
+            brain = brain[..., 0]
+        brain = jnp.broadcast_to(brain != 0, (b, *spatial))
+    key_centre, key_radius = jax.random.split(key)
+    flat = brain.reshape(b, -1)
+    # Uniform over brain pixels; a slice without brain falls back to the whole image.
+    logits = jnp.where(flat | ~jnp.any(flat, axis=1, keepdims=True), 0.0, -jnp.inf)
+    index = jax.random.categorical(key_centre, logits, axis=-1)  # (B,)
+    centre = jnp.stack(jnp.unravel_index(index, spatial), axis=-1).astype(jnp.float32)
+    sizes = jnp.asarray(spatial, jnp.float32)
+    radii = jax.random.uniform(key_radius, (b, len(spatial)), minval=lo, maxval=hi) * sizes
+    radii = jnp.maximum(radii, 0.5)  # always covers its centre pixel
+    grid = jnp.stack(jnp.meshgrid(*(jnp.arange(s) for s in spatial), indexing="ij"), -1)
+    ones = (1,) * len(spatial)
+    offset = (grid[None] - centre.reshape(b, *ones, -1)) / radii.reshape(b, *ones, -1)
+    inside = jnp.sum(offset**2, axis=-1) <= 1.0
+    return (inside & brain)[..., None].astype(jnp.float32)

@@ -1,0 +1,82 @@
+"""The ``data`` sub-config shared by prepare, the pipelines and the training loop."""
+
+from __future__ import annotations
+
+import ml_collections
+
+DATASETS = ("brats2021", "brats2023", "brats-peds", "ms", "adni", "cxr")
+TASKS = ("slices2d", "volumes", "seg3d", "cxr")
+# Which tasks make sense for which dataset (prepare refuses the others).
+TASKS_FOR = {
+    "brats2021": ("slices2d", "volumes", "seg3d"),
+    "brats2023": ("slices2d", "volumes", "seg3d"),
+    "brats-peds": ("slices2d", "volumes", "seg3d"),
+    "brats": ("slices2d", "volumes", "seg3d"),
+    "ms": ("volumes",),
+    "adni": ("volumes",),
+    "cxr": ("cxr",),
+}
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Defaults = Diff-SCM's BraTS 2021 slices at 64 x 64. Every field:
+
+    dataset: brats2021 | brats2023 | brats-peds | ms | adni | cxr (layouts in docs/data.md).
+    root: dataset directory; None -> the training loop writes phantoms (see ``phantom``) first.
+    prepared: directory of prepared shards (jaxcf.data.prepare); None -> workdir/prepared.
+    task: slices2d (Diff-SCM 2-D axial slices, BraTS) | volumes (WDM cubes; BraTS / MS / ADNI,
+        with prompts for MS / ADNI) | seg3d (paper 002: foreground-cropped, z-scored BraTS
+        volumes; random crops in the pipeline) | cxr (radiographs + organ masks + prompts).
+    image_size: side of 2-D slices / radiographs (Diff-SCM trains at 64, evaluates at 128;
+        paper 000 uses 128; paper 003 uses 512).
+    volume_size: side of WDM cubes (128 in WDM; 240 x 240 x 155 -> pad 256 -> pool 2).
+    value_range: (lo, hi) of WDM volumes after min-max ((0, 1) as WDM; (-1, 1) also common).
+    min_brain_fraction: slices2d skips axial slices with less brain than this fraction.
+    splits: (train, val, test) case fractions; splits are by case, seeded by ``seed``.
+    batch_size: GLOBAL batch; each of ``shard_count`` hosts gets batch_size // shard_count.
+    seed: seeds splits, shuffling and augmentation.
+    shuffle: shuffle the training stream (global, per epoch, reshuffled every epoch).
+    num_workers: 0 = in-process (threads); > 0 = Grain worker processes (spawn start method:
+        the entry point needs an ``if __name__ == "__main__":`` guard).
+    num_threads: reader threads per process (memory-mapped reads release the GIL).
+    prefetch: batches buffered ahead (per process).
+    balanced: class-balanced training stream (each label equally frequent; paper 004's
+        class-weighted sampling for MS / ADNI).
+    prompt_max_len: token length of prompt ids (77 words + <bos> + <eos> fits 80 for CXR).
+    augment: random training augmentation (seg3d: paper 002's crops / flips / rot90 /
+        intensity; volumes: flips on 3 axes; slices2d: left-right flip; cxr: none, since a
+        flip would swap the patient's left and right in the prompts and masks).
+    crop_size: seg3d training crop side (96 in paper 002).
+    pos_fraction: seg3d probability of a crop centred on tumour (0.5: balanced pos / neg).
+    drop_remainder_eval: eval mode drops the last partial batch instead of padding it
+        (padding keeps shapes fixed; padded rows have ``valid`` False).
+    phantom.cases / size / tumour_free_fraction: the phantom dataset the loop writes when
+        ``root`` is None (number of cases, volume side, share of cases without a lesion).
+    """
+    c = ml_collections.ConfigDict()
+    c.dataset = "brats2021"
+    c.root = ml_collections.config_dict.placeholder(str)
+    c.prepared = ml_collections.config_dict.placeholder(str)
+    c.task = "slices2d"
+    c.image_size = 64
+    c.volume_size = 128
+    c.value_range = (0.0, 1.0)
+    c.min_brain_fraction = 0.05
+    c.splits = (0.7, 0.15, 0.15)
+    c.batch_size = 64
+    c.seed = 0
+    c.shuffle = True
+    c.num_workers = 0
+    c.num_threads = 4
+    c.prefetch = 4
+    c.balanced = False
+    c.prompt_max_len = 80
+    c.augment = False
+    c.crop_size = 96
+    c.pos_fraction = 0.5
+    c.drop_remainder_eval = False
+    c.phantom = ml_collections.ConfigDict()
+    c.phantom.cases = 16
+    c.phantom.size = 48
+    c.phantom.tumour_free_fraction = 0.25
+    return c

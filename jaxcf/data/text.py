@@ -1,0 +1,108 @@
+"""A tiny word-level tokenizer for the prompt sets (MS lesion load, ADNI diagnosis, CXR
+impressions).
+
+It feeds a small trainable prompt encoder until a pretrained text tower (BiomedCLIP / CLIP, as
+in papers 003 / 004) is wired in: words are lowercased and split on non-alphanumerics, ids come
+from a vocabulary built once from the prompts and stored with the prepared shards, so the same
+prompt always gets the same ids.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+from jaxcf.data.errors import DataError
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS = (PAD, UNK, BOS, EOS)  # ids 0, 1, 2, 3: <pad> = 0 so zero-filled arrays are padding
+
+
+def words(text: str) -> list[str]:
+    """Lowercased alphanumeric runs: "Subject has Alzheimer's" -> [subject, has, alzheimer, s]."""
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def build_vocab(prompts: Iterable[str], min_count: int = 1) -> list[str]:
+    """Specials then the words seen at least ``min_count`` times, most frequent first (ties
+    alphabetical, so the vocabulary does not depend on the prompt order)."""
+    counts = Counter(w for p in prompts for w in words(p))
+    ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return [*SPECIALS, *ranked]
+
+
+class Tokenizer:
+    """Word ids with <bos> / <eos>, padded with <pad> to ``max_len``.
+
+    ``encode(text) -> (ids int32 (max_len,), mask bool (max_len,))``; too-long prompts keep
+    their first ``max_len - 2`` words and still end with <eos>.
+    """
+
+    def __init__(self, vocab: list[str], max_len: int):
+        if list(vocab[: len(SPECIALS)]) != list(SPECIALS):
+            raise DataError(f"vocabulary must start with {SPECIALS}, got {vocab[:4]}")
+        if max_len < 3:
+            raise DataError(f"prompt_max_len must be >= 3 (<bos> word <eos>), got {max_len}")
+        self.vocab = list(vocab)
+        self.max_len = int(max_len)
+        self._index = {w: i for i, w in enumerate(self.vocab)}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """text -> (ids int32 (max_len,), mask bool (max_len,)); mask is True on real tokens."""
+        unk = self._index[UNK]
+        toks = [self._index.get(w, unk) for w in words(text)][: self.max_len - 2]
+        toks = [self._index[BOS], *toks, self._index[EOS]]
+        ids = np.zeros(self.max_len, np.int32)
+        ids[: len(toks)] = toks
+        mask = np.zeros(self.max_len, bool)
+        mask[: len(toks)] = True
+        return ids, mask
+
+    def encode_batch(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """texts -> (ids int32 (N, max_len), mask bool (N, max_len))."""
+        pairs = [self.encode(t) for t in texts]
+        if not pairs:
+            return np.zeros((0, self.max_len), np.int32), np.zeros((0, self.max_len), bool)
+        ids, mask = zip(*pairs, strict=True)
+        return np.stack(ids), np.stack(mask)
+
+    def decode(self, ids: np.ndarray) -> str:
+        """ids (L,) -> the words between <bos> and <eos> joined by spaces (<unk> kept)."""
+        out = []
+        for i in np.asarray(ids).tolist():
+            w = self.vocab[i]
+            if w == EOS:
+                break
+            if w not in (PAD, BOS):
+                out.append(w)
+        return " ".join(out)
+
+    def to_json(self) -> dict:
+        return {"vocab": self.vocab, "max_len": self.max_len}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> Tokenizer:
+        return cls(obj["vocab"], obj["max_len"])
+
+    def save(self, path: str | pathlib.Path) -> None:
+        pathlib.Path(path).write_text(json.dumps(self.to_json()))
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> Tokenizer:
+        path = pathlib.Path(path)
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"cannot read tokenizer {path}: {e}") from e

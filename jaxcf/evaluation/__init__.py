@@ -1,0 +1,51 @@
+"""Evaluation: counterfactual -> tumour-mask post-processing and segmentation metrics.
+
+``postprocess`` turns a factual image and its healthy counterfactual into a mask (paper 000)
+or a heatmap (paper 001); ``metrics`` scores masks per case and heatmaps over a test set.
+"""
+
+from jaxcf.evaluation.metrics import (
+    StreamingAUPRC,
+    case_metrics,
+    dice,
+    flair_scores,
+    iou,
+    markdown_table,
+    precision,
+    sensitivity,
+    summarize,
+    threshold_baseline,
+)
+from jaxcf.evaluation.postprocess import (
+    difference_map,
+    fill_holes,
+    foreground_mask,
+    heatmap,
+    largest_component,
+    match_histograms,
+    otsu_mask,
+    segment_from_counterfactual,
+    vote,
+)
+
+__all__ = [
+    "StreamingAUPRC",
+    "case_metrics",
+    "dice",
+    "difference_map",
+    "fill_holes",
+    "flair_scores",
+    "foreground_mask",
+    "heatmap",
+    "iou",
+    "largest_component",
+    "markdown_table",
+    "match_histograms",
+    "otsu_mask",
+    "precision",
+    "segment_from_counterfactual",
+    "sensitivity",
+    "summarize",
+    "threshold_baseline",
+    "vote",
+]

@@ -1,0 +1,189 @@
+"""Counterfactual segmentation over a split of prepared BraTS slices: the papers' Table 1.
+
+For every method (and the FLAIR thresholding baseline Diff-SCM compares against) it streams
+the split batch by batch and keeps, in constant memory:
+  - pixel-level AUPRC and ideal Dice over the whole split (paper 001), from the heatmap
+    (baseline: the FLAIR intensity), via StreamingAUPRC histograms;
+  - per-slice Dice / IoU / sensitivity / precision of the binary masks: the methods' from
+    paper 000's post-processing (histogram match, contrast, Otsu, per-modality vote,
+    components, holes); the baseline's from one FLAIR threshold chosen on the *validation*
+    split (its ideal-Dice threshold there), so no test label tunes any number.
+Slices are the unit (the papers work on 2-D slices); `eval.slices = tumour` keeps the
+slices with at least one tumour voxel, as Diff-SCM's evaluation does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxcf.counterfactual.segment import Segmenter, brain_masks, prompt_regions
+from jaxcf.data.pipeline import make_dataset
+from jaxcf.evaluation.metrics import (
+    StreamingAUPRC,
+    case_metrics,
+    flair_scores,
+    markdown_table,
+    summarize,
+)
+
+BASELINE = "threshold"
+LABELS = {
+    BASELINE: "Thresholding (FLAIR)",
+    "diffscm": "Diff-SCM",
+    "promptable": "Promptable",
+}
+COLUMNS = ("dice", "iou", "sensitivity", "precision", "auprc", "ideal_dice")
+HEAT_RANGE = (0.0, 2.0)  # |x - x_cf| of images in [-1, 1]
+FLAIR_RANGE = (-1.0, 1.0)
+
+
+@dataclasses.dataclass
+class Example:
+    """One evaluated slice kept for panels: image (S, S, C), truth (S, S) and, per method,
+    (counterfactual (S, S, C) or None, heatmap (S, S), mask (S, S))."""
+
+    image: np.ndarray
+    truth: np.ndarray
+    outputs: dict[str, tuple[np.ndarray | None, np.ndarray, np.ndarray]]
+
+
+def slice_batches(data_config: Any, split: str, slices: str, max_items: int) -> Iterator[dict]:
+    """Batches {image (B, S, S, C), seg (B, S, S), label (B,)} of the split, padding rows
+    removed, filtered to tumour slices when slices == "tumour", at most max_items rows."""
+    if slices not in ("tumour", "all"):
+        raise ValueError(f"eval.slices must be 'tumour' or 'all', got {slices!r}")
+    seen = 0
+    for batch in make_dataset(data_config, split, seed=0, train=False, drop_remainder=False):
+        keep = np.asarray(batch["valid"], bool)
+        if slices == "tumour":
+            keep &= np.asarray(batch["label"]) > 0
+        if max_items:
+            keep &= np.cumsum(keep) + seen <= max_items
+        if not keep.any():
+            if max_items and seen >= max_items:
+                return
+            continue
+        seen += int(keep.sum())
+        yield {k: np.asarray(batch[k])[keep] for k in ("image", "seg", "label")}
+
+
+def rebatch(batches: Iterator[dict], size: int) -> Iterator[dict]:
+    """Regroup filtered batches into batches of exactly `size` rows (the last may be
+    smaller), so the counterfactual methods run full, fixed-shape chunks."""
+    pending: list[dict] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += len(batch["image"])
+        while count >= size:
+            merged = {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
+            yield {k: v[:size] for k, v in merged.items()}
+            rest = {k: v[size:] for k, v in merged.items()}
+            count -= size
+            pending = [rest] if count else []
+    if count:
+        yield {k: np.concatenate([b[k] for b in pending]) for k in pending[0]}
+
+
+def choose_baseline_threshold(data_config: Any, split: str, slices: str, bins: int) -> float:
+    """The FLAIR threshold with the best pooled Dice on `split` (the validation split)."""
+    curve = StreamingAUPRC(*FLAIR_RANGE, num_bins=bins)
+    for batch in slice_batches(data_config, split, slices, 0):
+        brain = brain_masks(batch["image"])
+        curve.update(flair_scores(batch["image"]), batch["seg"] > 0, valid=brain)
+    return float(curve.ideal_dice()[1])
+
+
+def evaluate_split(
+    segmenter: Segmenter,
+    data_config: Any,
+    split: str,
+    methods: list[str],
+    *,
+    slices: str = "tumour",
+    max_items: int = 0,
+    bins: int = 10_000,
+    baseline_threshold: float,
+    keep_examples: int = 4,
+    progress: bool = True,
+) -> tuple[dict[str, dict], list[Example]]:
+    """{method: {metric: value, ...}} over the split, and a few examples for panels."""
+    names = [BASELINE, *methods]
+    curves = {
+        m: StreamingAUPRC(*(FLAIR_RANGE if m == BASELINE else HEAT_RANGE), num_bins=bins)
+        for m in names
+    }
+    rows: dict[str, list[dict]] = {m: [] for m in names}
+    seconds = dict.fromkeys(methods, 0.0)
+    examples: list[Example] = []
+    options = segmenter.options
+    bar = tqdm(desc=f"evaluate {split}", unit="slice", disable=not progress, dynamic_ncols=True)
+    batches = slice_batches(data_config, split, slices, max_items)
+    for batch in rebatch(batches, int(options.batch_size)):
+        images, truth = batch["image"], batch["seg"] > 0
+        brain = brain_masks(images)
+        outputs: dict[str, tuple] = {}
+        flair = flair_scores(images)
+        outputs[BASELINE] = (None, flair, (flair >= baseline_threshold) & brain)
+        for method in methods:
+            regions = None
+            if method == "promptable":
+                regions = prompt_regions(options.region, images, batch["seg"], options.box_margin)
+            started = time.perf_counter()
+            out = segmenter.run(method, images, regions)
+            seconds[method] += time.perf_counter() - started
+            masks = segmenter.masks(images, out["counterfactual"])
+            if regions is not None:
+                masks &= regions
+            outputs[method] = (out["counterfactual"], out["heatmap"], masks)
+        for name, (_, heat, masks) in outputs.items():
+            curves[name].update(heat, truth, valid=brain)
+            rows[name].extend(case_metrics(p, t) for p, t in zip(masks, truth, strict=True))
+        for i in range(min(len(images), keep_examples - len(examples))):
+            examples.append(
+                Example(
+                    images[i],
+                    truth[i],
+                    {
+                        n: (o[0][i] if o[0] is not None else None, o[1][i], o[2][i])
+                        for n, o in outputs.items()
+                    },
+                )
+            )
+        bar.update(len(images))
+    bar.close()
+    results = {}
+    for name in names:
+        summary = summarize(rows[name])
+        ideal, threshold = curves[name].ideal_dice()
+        results[name] = {
+            **{k: summary[k]["mean"] for k in ("dice", "iou", "sensitivity", "precision")},
+            **{f"{k}_std": summary[k]["std"] for k in ("dice", "iou")},
+            "auprc": curves[name].result(),
+            "ideal_dice": ideal,
+            "ideal_threshold": threshold,
+            "slices": summary["dice"]["n"],
+        }
+        if name in seconds:
+            results[name]["seconds"] = seconds[name]
+    results[BASELINE]["threshold"] = baseline_threshold
+    return results, examples
+
+
+def results_table(results: dict[str, dict], title: str | None = None) -> str:
+    """Markdown table (percent, one decimal): rows methods, columns COLUMNS."""
+    shown = {
+        LABELS.get(name, name): {
+            "dice": (r["dice"], r["dice_std"]),
+            "iou": (r["iou"], r["iou_std"]),
+            **{k: r[k] for k in ("sensitivity", "precision", "auprc", "ideal_dice")},
+        }
+        for name, r in results.items()
+    }
+    return markdown_table(shown, COLUMNS, title)

@@ -1,0 +1,1 @@
+"""jaxcf.training: train state, optimizer, pure train steps and the training loop."""

@@ -1,0 +1,156 @@
+"""The shared skeleton of every experiment config (configs/*.py start from it).
+
+Groups: data (jaxcf.data.config), model (jaxcf.models.build), text (prompt encoder), vae
+(frozen autoencoder of latent models), vae_loss, diffusion (schedule, space, condition,
+objective), optim, train, sampler (preview samples), mesh, counterfactual (methods),
+eval (metrics over a split). Every field a command line may
+override (--config.group.field=value) exists here, because configs are locked.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxcf.data.config import default_data_config
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.data = default_data_config()
+
+    # jaxcf.models.build: family, preset and constructor arguments overriding the preset.
+    c.model = ml_collections.ConfigDict(
+        {"family": "unet", "preset": "tiny2d", "dtype": "float32", "remat": False}
+    )
+
+    # Prompt encoder for diffusion.condition = "prompt" (vocab_size / max_len 0: from the data).
+    c.text = ml_collections.ConfigDict(
+        {
+            "encoder": "trainable",
+            "dim": 256,
+            "depth": 2,
+            "heads": 4,
+            "max_len": 16,
+            "vocab_size": 0,
+            "file": "",
+        }
+    )
+
+    # Frozen autoencoder for diffusion.space = "latent": a diffusers AutoencoderKL file or
+    # folder, or a jaxcf workdir trained with configs/vae_brats.py ("" = untrained: smoke
+    # runs only). mode: per_modality (RGB VAE, each MRI modality replicated to 3 channels)
+    # | joint | auto (per_modality when the VAE takes 3 channels).
+    c.vae = ml_collections.ConfigDict({"preset": "sd", "checkpoint": "", "mode": "auto"})
+    c.vae_loss = ml_collections.ConfigDict({"kl_weight": 1e-6})
+
+    c.diffusion = ml_collections.ConfigDict(
+        {
+            "schedule": "linear",  # linear | cosine | scaled_linear | rectified_flow
+            "num_timesteps": 1000,
+            "prediction": "eps",  # eps | x0 | v | flow
+            "variance": "fixed_small",  # fixed_small | fixed_large | learned_range
+            "shift": 1.0,  # rectified-flow time shift
+            "space": "pixel",  # pixel | wavelet | latent
+            "condition": "label",  # none | label | prompt
+            "cond_drop_prob": 0.1,  # classifier-free guidance training
+            "weighting": "",  # "" | min_snr | min_snr:<gamma>
+            "t_distribution": "uniform",  # uniform | logit_normal (flow)
+        }
+    )
+    c.optim = ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "lr": 1e-4,
+            "weight_decay": 0.0,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "warmup_steps": 0,
+            "schedule": "constant",  # constant | cosine
+            "min_lr_ratio": 0.0,
+            "grad_clip": 1.0,  # 0 disables
+            "ema_decay": 0.9999,
+            "ema_warmup": True,
+        }
+    )
+    c.train = ml_collections.ConfigDict(
+        {
+            "task": "diffusion",  # diffusion | vae
+            "num_steps": 1000,
+            "log_every": 50,
+            "checkpoint_every": 1000,
+            "sample_every": 1000,  # 0 disables preview samples
+            "preview_count": 4,
+            "keep_checkpoints": 3,
+            "seed": 0,
+        }
+    )
+    c.sampler = ml_collections.ConfigDict({"num_steps": 50, "guidance_scale": 1.0})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+
+    # Counterfactual segmentation (python -m jaxcf.counterfactual, jaxcf.evaluate, the demo).
+    c.counterfactual = ml_collections.ConfigDict(
+        {
+            "method": "diffscm",  # diffscm | promptable
+            "num_steps": 100,  # respaced steps (Diff-SCM: ddim100; promptable: DDPM steps)
+            "strength": 0.75,  # Diff-SCM: encoding depth L, a fraction of the steps
+            "guidance_scale": 3.0,  # classifier-free guidance toward the target label
+            "quantile": 0.99,  # Diff-SCM dynamic normalisation percentile s
+            "model_time": "current",  # DDIM inversion evaluation time (Diff-SCM: current)
+            "healthy_label": 0,
+            "tumour_label": 1,
+            # promptable: region to regenerate as healthy: box (the tumour's bounding box
+            # plus box_margin pixels: a box prompt, as a user would draw) | brain (the whole
+            # brain: no prompt) | seg (the tumour mask) | file (--mask)
+            "region": "box",
+            "box_margin": 3,
+            "resample_jump": 0,  # RePaint resampling (paper 000 defaults: 10, 10); 0 = off
+            "resample_count": 0,
+            "vote": "paper",  # post-processing vote: paper (>= 0.5) | script (> 0.25)
+            "batch_size": 32,
+            "seed": 0,
+        }
+    )
+    # Evaluation over a split (python -m jaxcf.evaluate).
+    c.eval = ml_collections.ConfigDict(
+        {
+            "split": "test",
+            "slices": "tumour",  # tumour (slices with a tumour voxel, as Diff-SCM) | all
+            "max_items": 0,  # 0 = every slice of the split
+            "methods": "diffscm,promptable",  # the FLAIR thresholding baseline always runs
+            "num_bins": 10_000,  # streaming AUPRC / ideal-Dice histogram bins
+        }
+    )
+    return c
+
+
+def language_wdm_config(dataset: str) -> ml_collections.ConfigDict:
+    """Language-guided 3-D WDM (paper 004) on MS (lesion load) or ADNI (diagnosis):
+    configs/wdm_ms.py and configs/wdm_adni.py."""
+    c = base_config()
+    c.data.update(
+        dataset=dataset,
+        task="volumes",
+        volume_size=128,
+        batch_size=1,
+        balanced=True,
+        prompt_max_len=16,
+    )
+    c.model.update(
+        family="wdm", preset="wdm128_text", image_size=64, in_channels=8, context_dim=256
+    )
+    c.text.update(encoder="trainable", dim=256, depth=2, heads=4)
+    c.diffusion.update(
+        schedule="linear",
+        prediction="x0",
+        variance="fixed_small",
+        space="wavelet",
+        condition="prompt",
+        cond_drop_prob=0.2,
+    )
+    c.optim.update(lr=1e-5, weight_decay=0.0, grad_clip=1.0)
+    c.train.update(
+        num_steps=1_000_000, checkpoint_every=10_000, sample_every=10_000, preview_count=1
+    )
+    c.sampler.update(num_steps=25, guidance_scale=1.0)
+    return c

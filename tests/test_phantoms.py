@@ -394,6 +394,7 @@ def test_mni152_needs_nilearn(monkeypatch):
     mni152._atlas.cache_clear()
 
 
+@pytest.mark.ref  # nilearn comes with the ref extras (make test-ref)
 def test_mni152_anatomy_renders_real_tissue():
     pytest.importorskip("nilearn")
     case = brain.brats_case("brats2021", 0, size=32, seed=0, anatomy="mni152")

@@ -232,3 +232,14 @@ def test_markdown_table():
     )
     assert frac.splitlines()[-1] == "| PCF+DiT | 0.653 | 0.785 |"
     assert frac.splitlines()[0] == "| Method | IoU | Dice |"
+
+
+def test_rebatch_regroups_filtered_batches_into_fixed_chunks():
+    from jaxcf.evaluation.benchmark import rebatch
+
+    parts = [np.arange(0, 5), np.arange(5, 21), np.arange(21, 24), np.arange(24, 24)]
+    chunks = [b["image"] for b in rebatch(iter({"image": p} for p in parts), 8)]
+    assert [len(c) for c in chunks] == [8, 8, 8]
+    np.testing.assert_array_equal(np.concatenate(chunks), np.arange(24))
+    tail = [b["image"] for b in rebatch(iter([{"image": np.arange(3)}]), 8)]
+    assert [len(c) for c in tail] == [3]

@@ -43,6 +43,7 @@ def segment_case(segmenter, case, method: str, out_dir: pathlib.Path, mask=None)
     """Run one method on every brain slice of a Case; write NIfTI + PNG; return a summary."""
     from jaxcf.counterfactual import cases
     from jaxcf.counterfactual.segment import prompt_regions
+    from jaxcf.data import transforms
     from jaxcf.evaluation.metrics import case_metrics
     from jaxcf.visualization import save_case_panel
 
@@ -55,8 +56,8 @@ def segment_case(segmenter, case, method: str, out_dir: pathlib.Path, mask=None)
         if mask is not None:
             given = np.stack(
                 [
-                    cases.transforms.resize_labels(
-                        cases.transforms.pad_to_square(mask[:, :, k].astype(np.uint8)), (size, size)
+                    transforms.resize_labels(
+                        transforms.pad_to_square(mask[:, :, k].astype(np.uint8)), (size, size)
                     )
                     for k in slices.z
                 ]

@@ -27,12 +27,11 @@ from jaxcf.evaluation import postprocess
 
 METHODS = ("diffscm", "promptable")
 REGIONS = ("box", "brain", "seg", "file")
-BACKGROUND = -1.0  # slices2d background value after normalisation to [-1, 1]
 
 
 def brain_masks(images: np.ndarray) -> np.ndarray:
-    """(B, S, S, C) in [-1, 1] -> (B, S, S) bool: any modality above the background."""
-    return np.any(images > BACKGROUND + 1e-3, axis=-1)
+    """(B, S, S, C) slices in [-1, 1] (background -1) -> (B, S, S) bool brain masks."""
+    return postprocess.foreground_mask(images, background=-1.0)
 
 
 def box_regions(seg: np.ndarray, margin: int) -> np.ndarray:
@@ -93,13 +92,12 @@ class Segmenter:
                 f"(diffusion.condition='label'); this one is {trained.task.condition!r}"
             )
         self.num_classes = trained.num_classes
-        for field in ("healthy_label", "tumour_label"):
-            value = int(options[field])
-            if not 0 <= value < self.num_classes:
-                raise ValueError(
-                    f"counterfactual.{field}={value} is not a class of this model "
-                    f"(num_classes={self.num_classes})"
-                )
+        healthy = int(options.healthy_label)
+        if not 0 <= healthy < self.num_classes:
+            raise ValueError(
+                f"counterfactual.healthy_label={healthy} is not a class of this model "
+                f"(num_classes={self.num_classes})"
+            )
         self._fns: dict[str, Any] = {}
         self._params = (trained.params, trained.frozen)
 
@@ -175,7 +173,7 @@ class Segmenter:
         return fn
 
     def run(
-        self, method: str, images: np.ndarray, regions: np.ndarray | None = None, seed: int = 0
+        self, method: str, images: np.ndarray, regions: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """images (B, S, S, C) in [-1, 1]; regions (B, S, S) bool for promptable.
         Returns {"counterfactual": (B, S, S, C), "heatmap": (B, S, S)} as numpy."""
@@ -185,15 +183,14 @@ class Segmenter:
         chunk = int(self.options.batch_size)
         total = images.shape[0]
         outputs: dict[str, list[np.ndarray]] = {"counterfactual": [], "heatmap": []}
-        key = jax.random.key(int(self.options.seed) + seed)
+        key = jax.random.key(int(self.options.seed))
         for start in range(0, total, chunk):
             x = _pad(images[start : start + chunk], chunk)
             labels = np.full((chunk,), int(self.options.healthy_label), np.int32)
             target = {"label": jnp.asarray(labels)}
             null = {"label": jnp.array([self.num_classes], jnp.int32)}
             if method == "diffscm":
-                null_batch = {"label": jnp.full((chunk,), self.num_classes, jnp.int32)}
-                out = fn(*self._params, jnp.asarray(x), null_batch, target)
+                out = fn(*self._params, jnp.asarray(x), null, target)
             else:
                 r = _pad(regions[start : start + chunk].astype(np.float32), chunk)[..., None]
                 out = fn(

@@ -97,8 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
             "guidance_scale": 3.0,  # classifier-free guidance toward the target label
             "quantile": 0.99,  # Diff-SCM dynamic normalisation percentile s
             "model_time": "current",  # DDIM inversion evaluation time (Diff-SCM: current)
-            "healthy_label": 0,
-            "tumour_label": 1,
+            "healthy_label": 0,  # the target label of the counterfactual
             # promptable: region to regenerate as healthy: box (the tumour's bounding box
             # plus box_margin pixels: a box prompt, as a user would draw) | brain (the whole
             # brain: no prompt) | seg (the tumour mask) | file (--mask)
@@ -125,8 +124,18 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def language_wdm_config(dataset: str) -> ml_collections.ConfigDict:
-    """Language-guided 3-D WDM (paper 004) on MS (lesion load) or ADNI (diagnosis):
-    configs/wdm_ms.py and configs/wdm_adni.py."""
+    """Language-guided 3-D wavelet diffusion (Mohamed et al. 2025) on MS lesion load
+    (minimal / moderate / high) or ADNI diagnosis (CN / MCI / AD): configs/wdm_ms.py and
+    configs/wdm_adni.py.
+
+    WDM (Friedrich et al. 2024) on 128^3 volumes in the Haar wavelet domain, x0-prediction,
+    1000 linear steps, with Simple Diffusion's deeper bottleneck, low-resolution dropout and
+    cross-attention to prompt tokens at several scales; null prompt 20% of the time;
+    class-balanced sampling; batch 1; AdamW 1e-5 (WDM); DDIM 25 steps for samples.
+
+    The prompt encoder is, for now, a small transformer trained with the model on the
+    dataset's own prompts (text.encoder = "trainable") or embeddings read from a file
+    (text.encoder = "file", text.file = PATH): pretrained BiomedCLIP comes later."""
     c = base_config()
     c.data.update(
         dataset=dataset,

@@ -5,8 +5,9 @@ class dropout 0.1, AdamW 1e-4, batch 128, 15k steps.
 
 Set vae.checkpoint to the SD VAE (a diffusers AutoencoderKL folder or .safetensors, e.g.
 stabilityai/sd-vae-ft-mse) or to a workdir trained with configs/vae_brats.py (then also
---config.vae.preset=mri4 --config.model.in_channels=4). Without it an untrained VAE is
-used: the run works but its latents mean nothing (smoke tests only)."""
+--config.vae.preset=mri4 --config.model.in_channels=4). Without it the run is refused;
+--config.vae.allow_untrained=True runs it on an untrained VAE, whose latents mean nothing
+(smoke tests only)."""
 
 from jaxcf.training.config import base_config
 

@@ -33,6 +33,8 @@ def get_config():
     c.optim.update(lr=1e-3, warmup_steps=50, weight_decay=0.01, ema_decay=0.995)
     c.train.update(num_steps=700, log_every=50, checkpoint_every=350, sample_every=350)
     c.sampler.update(num_steps=50, guidance_scale=3.0)
-    c.counterfactual.update(num_steps=50, batch_size=24)
+    c.counterfactual.batch_size = 24
+    c.counterfactual.diffscm.num_steps = 50
+    c.counterfactual.promptable.num_steps = 50
     c.eval.max_items = 48
     return c

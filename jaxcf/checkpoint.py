@@ -54,6 +54,22 @@ class Checkpoints:
         restored = self.manager.restore(step, args=args)
         return restored.state, dict(restored.data or {}), dict(restored.meta or {})
 
+    def restore_subtrees(self, abstract: dict, step: int | None = None) -> dict:
+        """Only some top-level entries of the saved state (e.g. {"step", "ema"}: inference
+        needs neither the raw weights nor the optimizer state, so it need not rebuild the
+        optimizer). abstract: {name: pytree of ShapeDtypeStructs} for the wanted entries.
+        Orbax partial restore: the rest is never read."""
+        step = self.latest_step if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        args = ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=abstract, restore_args=restore_args, partial_restore=True
+            )
+        )
+        return dict(self.manager.restore(step, args=args).state)
+
     def close(self) -> None:
         self.manager.close()
 

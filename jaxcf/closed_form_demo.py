@@ -120,12 +120,20 @@ def run(out_dir: pathlib.Path, size: int, steps: int, seed: int) -> dict:
     # Diff-SCM counterfactual (Sanchez et al. 2022, Alg. 1) on the held-out tumour slices.
     x = jnp.asarray(tumour[:held_out], jnp.float32)
     cases = x.shape[0]
+
     # The encoding depth is 0.6 here (the paper's 0.75 is for trained models); the
     # inversion evaluates the model at the target time (jaxcf's default).
-    counterfactual = make_diffscm(model, sched, num_steps=100, strength=0.6, model_time="target")
+    # The "weights" of the closed-form denoiser are its component means: an argument of the
+    # compiled counterfactual, as a trained network's parameters are.
+    def apply(component_means, x_t, t, cond):
+        return D.mixture_denoiser(
+            sched, component_means, 0.05, labels=jnp.asarray(labels), null_label=NULL
+        )(x_t, t, cond)
+
+    counterfactual = make_diffscm(apply, sched, num_steps=100, strength=0.6, model_time="target")
     null_c = {"label": jnp.array([NULL])}
     healthy_c = {"label": jnp.full((cases,), HEALTHY)}
-    out, cf_seconds = _timed(counterfactual, x, null_c, healthy_c)
+    out, cf_seconds = _timed(counterfactual, jnp.asarray(means), x, null_c, healthy_c)
     z, x_cf = out["latent"], out["counterfactual"]
     heat = np.asarray(out["heatmap"])
     pred = heat > 0.5 * heat.max(axis=(1, 2), keepdims=True)

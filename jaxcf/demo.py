@@ -42,7 +42,9 @@ def quickstart_config(steps: int | None, toy: bool):
         config.data.phantom.update(cases=8, size=32)
         config.model.image_size = 16
         config.train.update(num_steps=30, log_every=10, checkpoint_every=30, sample_every=0)
-        config.counterfactual.update(num_steps=10, batch_size=16)
+        config.counterfactual.batch_size = 16
+        config.counterfactual.diffscm.num_steps = 10
+        config.counterfactual.promptable.num_steps = 10
         config.eval.max_items = 16
         config.mesh.data = 1
     if steps is not None:
@@ -64,9 +66,7 @@ def held_out_case(data_config) -> str:
 
 def run(workdir: pathlib.Path, steps: int | None, toy: bool) -> dict:
     from jaxcf.counterfactual import cases
-    from jaxcf.counterfactual.__main__ import segment_case
-    from jaxcf.counterfactual.segment import Segmenter
-    from jaxcf.evaluate import run_evaluation
+    from jaxcf.experiments import segmentation
     from jaxcf.inference import load_trained
     from jaxcf.training.data import ensure_data
     from jaxcf.training.loop import train_and_evaluate
@@ -78,14 +78,18 @@ def run(workdir: pathlib.Path, steps: int | None, toy: bool) -> dict:
 
     trained = load_trained(workdir)
     started = time.perf_counter()
-    evaluation = run_evaluation(trained, workdir, "test", workdir / "eval" / "test")
+    evaluation = segmentation.evaluate(trained, workdir, "test", workdir / "eval" / "test")
     eval_seconds = time.perf_counter() - started
 
     data_config = ensure_data(trained.config.data, workdir)
     case_id = held_out_case(data_config)
     case = cases.load_case(pathlib.Path(data_config.root) / case_id)
-    case_summary = segment_case(
-        Segmenter(trained, trained.config.counterfactual), case, "diffscm", workdir / "case"
+    case_summary = segmentation.segment_case(
+        segmentation.method_runner(trained, "diffscm"),
+        case,
+        workdir / "case",
+        image_size=int(trained.config.data.image_size),
+        vote=str(trained.config.counterfactual.vote),
     )
     summary = {
         "train": {**trained_summary, "seconds_this_run": train_seconds},

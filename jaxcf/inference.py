@@ -3,6 +3,11 @@
     trained = load_trained("runs/quickstart")            # config from the workdir
     model_fn = trained.model_fn()                         # model_fn(x_t, t, cond), EMA weights
     x0 = trained.encode(images)                           # data space -> diffusion variable
+    model, weights = trained.method_model(), trained.weights   # what methods take
+
+Only the EMA weights (and any frozen networks) are read from the checkpoint (an Orbax
+partial restore): inference never rebuilds the optimizer, so a method config can be paired
+with any compatible checkpoint.
 
 The network that was trained is described by the workdir's `config.json` (written by
 `jaxcf.train` with every override resolved, including the prompt vocabulary), so that is
@@ -20,9 +25,11 @@ from typing import Any
 import jax
 import ml_collections
 
+from jaxcf import diffusion as D
 from jaxcf.checkpoint import Checkpoints, abstract_like
-from jaxcf.training.optim import make_optimizer
-from jaxcf.training.step import init_state
+from jaxcf.counterfactual import registry
+from jaxcf.counterfactual.model import MethodModel
+from jaxcf.models import wavelet
 from jaxcf.training.tasks import DiffusionTask, make_task
 
 # Groups that describe the trained network: taken from the workdir's config.json (and its
@@ -65,6 +72,17 @@ def merge_network(config: ml_collections.ConfigDict, trained: ml_collections.Con
     return merged
 
 
+def _add_method_defaults(config: ml_collections.ConfigDict) -> None:
+    """Give every registered method its default sub-config where the config has none (a
+    workdir's config.json from before a method was registered)."""
+    group = config.get("counterfactual")
+    if group is None:
+        return
+    for name, defaults in registry.default_configs().items():
+        if name not in group:
+            group[name] = defaults
+
+
 @dataclasses.dataclass
 class TrainedModel:
     """A diffusion task with restored weights. params: EMA (default) or raw weights."""
@@ -98,35 +116,75 @@ class TrainedModel:
     def space(self) -> str:
         return self.task.space
 
+    @property
+    def weights(self) -> dict:
+        """Everything the network needs, as one pytree: {"params", "frozen"}."""
+        return {"params": self.params, "frozen": self.frozen}
+
+    def method_model(self) -> MethodModel:
+        """The restored network as counterfactual methods take it (weights not bound)."""
+        task = self.task
+
+        def apply(weights, x, t, cond):
+            return task.model_fn(weights["params"], weights["frozen"])(x, t, cond)
+
+        def encode(weights, images):
+            return task.encode(weights["frozen"], images)
+
+        def decode(weights, x0):
+            return task.decode(weights["frozen"], x0)
+
+        # The x0 estimate's transform where the data range is known: pixel data is in
+        # [-1, 1] (guided-diffusion's clip_denoised), WDM's sub-bands have wavelet_clip.
+        transforms = {"pixel": D.static_clip, "wavelet": wavelet.wavelet_clip}
+        return MethodModel(
+            apply=apply,
+            schedule=task.schedule,
+            null_cond=task.null_cond if task.condition != "none" else None,
+            encode=encode,
+            decode=decode,
+            space=task.space,
+            num_classes=task.num_classes if task.condition == "label" else 0,
+            x0_transform=transforms.get(task.space),
+        )
+
 
 def load_trained(
     checkpoint: str | pathlib.Path,
     config: ml_collections.ConfigDict | None = None,
     *,
     step: int | None = None,
-    use_ema: bool = True,
 ) -> TrainedModel:
-    """Restore the latest (or given) checkpoint of a diffusion training workdir."""
+    """Restore the EMA weights of the latest (or given) checkpoint of a diffusion workdir.
+
+    The network comes from the workdir's config.json; `config` (e.g. a method config from
+    the command line) contributes everything else (counterfactual.*, eval.*, mesh)."""
     workdir = workdir_of(checkpoint)
     trained_config = saved_config(workdir)
     config = trained_config if config is None else merge_network(config, trained_config)
+    _add_method_defaults(config)
     if config.train.task != "diffusion":
         raise ValueError(f"{workdir}: train.task is {config.train.task!r}, not a diffusion model")
     checkpoints = Checkpoints(workdir)
     try:
         if checkpoints.latest_step is None:
             raise FileNotFoundError(f"--checkpoint: no checkpoint in {checkpoints.directory}")
-        task = make_task(config, jax.random.key(int(config.train.seed)))
-        optimizer = make_optimizer(config.optim, int(config.train.num_steps))
-        abstract = jax.eval_shape(lambda: init_state(task, optimizer))
+        task = make_task(config, jax.random.key(int(config.train.seed)), restoring=True)
+        wanted = {"step": jax.ShapeDtypeStruct((), "int32"), "ema": abstract_like(task.params)}
+        if jax.tree.leaves(task.frozen):
+            wanted["frozen"] = abstract_like(task.frozen)
         try:
-            state, _, _ = checkpoints.restore(abstract_like(abstract), step)
-        except (ValueError, KeyError) as err:
+            restored = checkpoints.restore_subtrees(wanted, step)
+        except (ValueError, KeyError, TypeError) as err:
+            detail = " ".join(str(err).split())[:300]
             raise ValueError(
-                f"{checkpoints.directory}: checkpoint does not match the config's network "
-                f"({str(err).splitlines()[0][:200]})"
+                f"{checkpoints.directory}: the checkpoint's weights do not match the network "
+                f"of {workdir / 'config.json'} ({detail})"
             ) from None
     finally:
         checkpoints.close()
-    params = state.ema if use_ema else state.params
-    return TrainedModel(config, task, params, state.frozen, int(state.step))
+    params = jax.tree.map(jax.numpy.asarray, restored["ema"])
+    frozen = (
+        jax.tree.map(jax.numpy.asarray, restored["frozen"]) if "frozen" in restored else task.frozen
+    )
+    return TrainedModel(config, task, params, frozen, int(restored["step"]))

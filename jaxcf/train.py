@@ -27,7 +27,7 @@ def _define(values: flags.FlagValues) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    started = start(PROG, argv, _define, required=("workdir",))
+    started = start(PROG, argv, _define, required=("workdir",), usage=__doc__)
     if isinstance(started, int):
         return started
     config, values = started

@@ -36,13 +36,15 @@ TOY = {
     "quickstart": ["--config.data.image_size=16", "--config.model.image_size=16"],
     "diffscm_brats": UNET16,
     "pcf_unet_brats": UNET16,
-    # DiT-S/2 on the 4-channel MRI VAE's 4x4 latents of 32 px slices.
+    # DiT-S/2 on the 4-channel MRI VAE's 4x4 latents of 32 px slices; the VAE is untrained
+    # (refused unless allowed).
     "pcf_dit_brats": [
         "--config.data.image_size=32",
         "--config.model.preset=DiT-S/2",
         "--config.model.input_size=4",
         "--config.model.in_channels=4",
         "--config.vae.preset=mri4",
+        "--config.vae.allow_untrained=True",
     ],
     "vae_brats": ["--config.data.image_size=16"],
     "wdm_ms": WDM8,

@@ -55,10 +55,29 @@ def _labels(label: int, n: int = 4) -> dict:
     return {"label": jnp.full((n,), label, jnp.int32)}
 
 
-def _model(std: float, schedule=SCHEDULE, healthy=HEALTHY_IMAGES, tumour=TUMOUR_IMAGES):
-    means = np.concatenate([healthy, tumour])
+def _weighted(std: float, schedule=SCHEDULE, healthy=HEALTHY_IMAGES, tumour=TUMOUR_IMAGES):
+    """(apply(means, x_t, t, cond), means): the closed-form denoiser with its component
+    means as the "weights" argument, as a trained network takes its parameters."""
     labels = jnp.array([HEALTHY] * len(healthy) + [TUMOUR] * len(tumour))
-    return D.mixture_denoiser(schedule, means, std, labels=labels, null_label=NULL)
+
+    def apply(means, x_t, t, cond):
+        return D.mixture_denoiser(schedule, means, std, labels=labels, null_label=NULL)(
+            x_t, t, cond
+        )
+
+    return apply, jnp.asarray(np.concatenate([healthy, tumour]))
+
+
+def _model(std: float, schedule=SCHEDULE, healthy=HEALTHY_IMAGES, tumour=TUMOUR_IMAGES):
+    apply, means = _weighted(std, schedule, healthy, tumour)
+    return functools.partial(apply, means)
+
+
+def _make(maker, model, *args, **kwargs):
+    """A make_* factory around a weight-free model_fn: the compiled function with its
+    (empty) weights argument bound."""
+    fn = maker(lambda params, x, t, cond: model(x, t, cond), *args, **kwargs)
+    return functools.partial(fn, None)
 
 
 # --- Diff-SCM ---------------------------------------------------------------------------------
@@ -68,9 +87,11 @@ def _model(std: float, schedule=SCHEDULE, healthy=HEALTHY_IMAGES, tumour=TUMOUR_
 def diffscm_fn():
     # Paper / reference values: ddim100, L = 0.75, w = 3, s = 0.99. A sharp mixture (s = 0.01)
     # so that the only error left is the sampler's own.
-    return C.make_diffscm(
-        _model(0.01), SCHEDULE, num_steps=100, strength=0.75, guidance_scale=3.0, quantile=0.99
+    apply, means = _weighted(0.01)
+    fn = C.make_diffscm(
+        apply, SCHEDULE, num_steps=100, strength=0.75, guidance_scale=3.0, quantile=0.99
     )
+    return functools.partial(fn, means)
 
 
 def test_diffscm_leaves_a_healthy_image_unchanged(diffscm_fn):
@@ -102,7 +123,7 @@ def test_diffscm_on_noisy_inputs_changes_only_the_square():
     # the texture z must survive outside it. Residual: first-order inversion error.
     s = 0.05
     model = _model(s, healthy=HEALTHY_IMAGES[:1], tumour=TUMOUR_IMAGES[:1])
-    fn = C.make_diffscm(model, SCHEDULE, num_steps=100, strength=0.75)
+    fn = _make(C.make_diffscm, model, SCHEDULE, num_steps=100, strength=0.75)
     z = s * np.asarray(jax.random.normal(jax.random.key(7), (4, SIZE, SIZE, CHANNELS)))
     healthy, tumour = HEALTHY_IMAGES[:1] + z, TUMOUR_IMAGES[:1] + z
     out = fn(jnp.asarray(tumour), NULL_COND, _labels(HEALTHY))
@@ -124,7 +145,7 @@ def test_diffscm_applies_dynamic_normalisation_at_every_step():
     model = _model(0.01, healthy=bright[:4], tumour=bright[4:])
     x = jnp.asarray(bright[4:])
     for quantile, inside in ((0.99, True), (None, False)):
-        fn = C.make_diffscm(model, SCHEDULE, num_steps=10, quantile=quantile)
+        fn = _make(C.make_diffscm, model, SCHEDULE, num_steps=10, quantile=quantile)
         peak = float(jnp.max(jnp.abs(fn(x, NULL_COND, _labels(HEALTHY))["counterfactual"])))
         assert (peak <= 1.0 + 1e-6) == inside, (quantile, peak)
 
@@ -133,7 +154,9 @@ def test_diffscm_guidance_scale_and_eager_path():
     x = jnp.asarray(TUMOUR_IMAGES[:2])
     kwargs = dict(null_cond=NULL_COND, target_cond=_labels(HEALTHY, 2), num_steps=20)
     eager = C.diffscm(_model(0.01), SCHEDULE, x, **kwargs)
-    jitted = C.make_diffscm(_model(0.01), SCHEDULE, num_steps=20)(x, NULL_COND, _labels(0, 2))
+    jitted = _make(C.make_diffscm, _model(0.01), SCHEDULE, num_steps=20)(
+        x, NULL_COND, _labels(0, 2)
+    )
     np.testing.assert_allclose(eager["counterfactual"], jitted["counterfactual"], atol=1e-5)
     assert float(np.asarray(eager["heatmap"])[SQUARES[:2]].min()) > 0.6
     # w = 0 decodes with the unconditional model, which the encoder used: a round trip.
@@ -230,8 +253,14 @@ def test_half_region_keeps_the_known_half_and_removes_the_square(resample, known
     x = jnp.asarray(TUMOUR_IMAGES)
     region = np.zeros((*x.shape[:-1], 1), np.float32)
     region[:, :, : SIZE // 2] = 1.0  # the left half, which holds every square
-    fn = C.make_promptable(
-        _model(0.05), SCHEDULE, num_steps=20, guidance_scale=3.0, resample=resample, known=known
+    fn = _make(
+        C.make_promptable,
+        _model(0.05),
+        SCHEDULE,
+        num_steps=20,
+        guidance_scale=3.0,
+        resample=resample,
+        known=known,
     )
     out = fn(x, jnp.asarray(region), jax.random.key(1), _labels(HEALTHY), NULL_COND)
     cf = np.asarray(out["counterfactual"])
@@ -305,8 +334,8 @@ def test_latent_model_samples_in_latent_space_and_pastes_known_pixels():
     x = jnp.asarray(TUMOUR_IMAGES)
     region = jnp.asarray(SQUARES[..., None], jnp.float32)  # odd corners: straddles cells
     args = (x, region, jax.random.key(2), _labels(HEALTHY), NULL_COND)
-    options = dict(num_steps=20, encode=_encode, decode=_decode)
-    out = C.make_promptable(model, SCHEDULE, **options)(*args)
+    options = dict(num_steps=20, encode=lambda p, a: _encode(a), decode=lambda p, z: _decode(z))
+    out = _make(C.make_promptable, model, SCHEDULE, **options)(*args)
     cf = np.asarray(out["counterfactual"])
     np.testing.assert_array_equal(cf[~SQUARES], TUMOUR_IMAGES[~SQUARES])  # pasted back
     np.testing.assert_array_equal(np.asarray(out["heatmap"])[~SQUARES], 0.0)
@@ -314,7 +343,7 @@ def test_latent_model_samples_in_latent_space_and_pastes_known_pixels():
     target = np.asarray(_decode(_encode(jnp.asarray(HEALTHY_IMAGES))))
     assert np.abs(cf - target).mean(-1)[SQUARES].mean() < 0.03  # measured 0.015
     # Without the paste the toy codec's reconstruction error shows up outside the prompt.
-    raw = C.make_promptable(model, SCHEDULE, paste_known=False, **options)(*args)
+    raw = _make(C.make_promptable, model, SCHEDULE, paste_known=False, **options)(*args)
     assert float(np.max(np.asarray(raw["heatmap"])[~SQUARES])) > 0.03  # measured 0.069
 
 
@@ -366,21 +395,26 @@ def test_random_region_lies_inside_the_brain():
 # --- one compile per method, input validation ---------------------------------------------------
 
 
-def test_make_functions_compile_once():
+def test_make_functions_compile_once_with_the_weights_as_an_argument():
     traces = []
+    apply, means = _weighted(0.05)
 
-    def model(x, t, cond):
+    def traced_apply(weights, x, t, cond):
         traces.append(1)  # runs only while JAX traces
-        return _model(0.05)(x, t, cond)
+        return apply(weights, x, t, cond)
 
-    scm = C.make_diffscm(model, SCHEDULE, num_steps=10)
-    for images in (HEALTHY_IMAGES, TUMOUR_IMAGES):
-        scm(jnp.asarray(images), NULL_COND, _labels(HEALTHY))["heatmap"].block_until_ready()
+    scm = C.make_diffscm(traced_apply, SCHEDULE, num_steps=10)
+    outs = [
+        scm(weights, jnp.asarray(TUMOUR_IMAGES), NULL_COND, _labels(HEALTHY))["counterfactual"]
+        for weights in (means, means + 0.5)  # other weights: the same executable
+    ]
     assert scm._cache_size() == 1 and len(traces) == 2  # one trace each: encoder, decoder
-    prompt = C.make_promptable(model, SCHEDULE, num_steps=10)
+    # The weights really are an input (not constants folded in at the first call).
+    assert float(jnp.max(jnp.abs(outs[1] - outs[0]))) > 0.1
+    prompt = C.make_promptable(traced_apply, SCHEDULE, num_steps=10)
     region = jnp.asarray(SQUARES[..., None], jnp.float32)
     for seed in range(2):
-        args = (jnp.asarray(TUMOUR_IMAGES), region, jax.random.key(seed))
+        args = (means, jnp.asarray(TUMOUR_IMAGES), region, jax.random.key(seed))
         prompt(*args, _labels(HEALTHY), NULL_COND)["heatmap"].block_until_ready()
     assert prompt._cache_size() == 1 and len(traces) == 3
 
@@ -391,9 +425,9 @@ def test_promptable_rejects_bad_inputs():
     with pytest.raises(ValueError, match="region"):
         C.promptable_sample(_model(0.05), SCHEDULE, x, jnp.zeros((4, 8, 8, 1)), **kwargs)
     with pytest.raises(ValueError, match="known"):
-        C.make_promptable(_model(0.05), SCHEDULE, known="noised")
+        C.make_promptable(_weighted(0.05)[0], SCHEDULE, known="noised")
     with pytest.raises(ValueError, match="resample"):
-        C.make_promptable(_model(0.05), SCHEDULE, resample=(0, 10))
+        C.make_promptable(_weighted(0.05)[0], SCHEDULE, resample=(0, 10))
     with pytest.raises(ValueError, match="encode and decode"):
         C.promptable_counterfactual(_model(0.05), SCHEDULE, x, x[..., :1], encode=_encode, **kwargs)
     with pytest.raises(ValueError, match="start_strength"):

@@ -219,7 +219,7 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("prepare: error:") and "none" in err[0]
+    assert rc == 2 and len(err) == 1 and err[0].startswith("jaxcf.prepare: ") and "none" in err[0]
 
 
 def test_cli_module_entry_point_with_workers(tmp_path):

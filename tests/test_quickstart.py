@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import nibabel as nib
 import numpy as np
@@ -63,7 +64,7 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
         f"--input={case_dir}",
         f"--out={out}",
         "--method=promptable",
-        "--config.counterfactual.num_steps=5",
+        "--config.counterfactual.promptable.num_steps=5",
     ]
     assert counterfactual_cli.main(argv) == 0, capsys.readouterr().err
     assert "promptable on" in capsys.readouterr().out
@@ -87,8 +88,15 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
         f"--out={eval_out}",
         "--config.eval.max_items=8",
         "--config.eval.methods=diffscm",
-        "--config.counterfactual.num_steps=5",
+        "--config.counterfactual.diffscm.num_steps=5",
     ]
+    # An --out that is a file is refused before any compute (loading the model included).
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    started = time.perf_counter()
+    assert evaluate.main([*eval_argv[:-4], f"--out={taken}"]) == 2
+    assert time.perf_counter() - started < 5
+    assert f"--out: {taken} exists and is not a directory" in capsys.readouterr().err
     assert evaluate.main(eval_argv) == 0, capsys.readouterr().err
     table = (eval_out / "metrics.md").read_text()
     assert "| Diff-SCM |" in table and "Promptable" not in table
@@ -102,7 +110,11 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
         (["--checkpoint=/nonexistent", "--input=/x", "--out=/tmp/o"], "no such case folder"),
         (
             ["--checkpoint=/nonexistent", "--input=/x", "--out=/tmp/o", "--method=magic"],
-            "--method must be one of",
+            "unknown counterfactual method 'magic'; known: diffscm, promptable",
+        ),
+        (
+            ["--checkpoint=/nonexistent", "--input=/x", f"--out={__file__}"],
+            "exists and is not a directory",
         ),
         (["--config.counterfactual.nonsense=1"], "nonsense"),
     ],

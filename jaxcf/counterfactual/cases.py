@@ -161,3 +161,18 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def output_dir(path: str | os.PathLike, flag: str = "--out") -> pathlib.Path:
+    """Check an output folder before any compute: create it (and its parents), or raise a
+    DataError naming the flag when it is an existing file or cannot be written."""
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag}: {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{flag}: cannot create {path} ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise DataError(f"{flag}: {path} is not writable")
+    return path

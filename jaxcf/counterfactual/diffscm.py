@@ -19,13 +19,16 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from jaxcf.counterfactual.model import MethodModel
 from jaxcf.diffusion.guidance import broadcast_null, classifier_free_guidance
 from jaxcf.diffusion.samplers import ModelFn, ddim_invert, ddim_sample
 from jaxcf.diffusion.schedules import Schedule
 from jaxcf.diffusion.transforms import dynamic_normalization
 
-DiffSCMFn = Callable[[jax.Array, Any, Any], dict[str, jax.Array]]
+DiffSCMFn = Callable[[Any, jax.Array, Any, Any], dict[str, jax.Array]]
+MethodFn = Callable[[Any, dict, jax.Array], dict[str, jax.Array]]
 
 
 def difference_map(x: jax.Array, x_cf: jax.Array) -> jax.Array:
@@ -116,7 +119,7 @@ def diffscm(
 
 
 def make_diffscm(
-    model_fn: ModelFn,
+    apply_fn: Callable[..., jax.Array],
     schedule: Schedule,
     *,
     num_steps: int = 100,
@@ -128,20 +131,21 @@ def make_diffscm(
 ) -> DiffSCMFn:
     """The whole Diff-SCM counterfactual (encode + decode) as ONE jitted function.
 
-    Returns fn(x, null_cond, target_cond) -> dict as :func:`diffscm`, for a batch of slices
-    x (B, ..., C). The options are fixed here (num_steps and strength shape the scans, so
-    they are static); the function compiles once per input shape and pytree structure.
-    model_fn is closed over, so its arrays (parameters) are constants of the compiled
-    function; for large trained models, jit :func:`diffscm` yourself with the parameters
-    as an argument instead.
+    apply_fn(params, x_t, t, cond) is the denoiser with its weights as first argument.
+    Returns fn(params, x, null_cond, target_cond) -> dict as :func:`diffscm`, for a batch
+    x (B, ..., C). The weights are an argument of the compiled function, never constants
+    folded into it; the options are fixed here (num_steps and strength shape the scans, so
+    they are static), and it compiles once per input shape and pytree structure.
     """
     if not 0.0 < strength <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
 
     @jax.jit
-    def counterfactual(x: jax.Array, null_cond: Any, target_cond: Any) -> dict[str, jax.Array]:
+    def counterfactual(
+        params: Any, x: jax.Array, null_cond: Any, target_cond: Any
+    ) -> dict[str, jax.Array]:
         return diffscm(
-            model_fn,
+            functools.partial(apply_fn, params),
             schedule,
             x,
             null_cond=null_cond,
@@ -155,3 +159,59 @@ def make_diffscm(
         )
 
     return counterfactual
+
+
+# --- the method plug-in (jaxcf.counterfactual.registry) -------------------------------------
+
+LABEL = "Diff-SCM"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """counterfactual.diffscm.*: paper 001's settings (ddim100, L = 0.75, w = 3, s = 0.99)."""
+    return ml_collections.ConfigDict(
+        {
+            "num_steps": 100,  # respaced DDIM steps of the full chain (ddim100)
+            "strength": 0.75,  # encoding depth L, a fraction of num_steps
+            "guidance_scale": 3.0,  # w of classifier-free guidance toward the target
+            "quantile": 0.99,  # s of dynamic normalisation; 0 disables it
+            "model_time": "current",  # DDIM inversion's model time (Diff-SCM: current)
+            "spacing": "leading",  # guided-diffusion's "ddim100"
+            "target_label": 0,  # the intervention: 0 = healthy
+        }
+    )
+
+
+def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> MethodFn:
+    """fn(weights, {"image": (B, ..., C)}, key) -> {"counterfactual", "heatmap"}.
+
+    Latent and wavelet models run Diff-SCM on the diffusion variable (model.encode) and
+    decode the counterfactual; the heatmap is always in data space."""
+    _check(jnp.zeros((1, 1, 1)), float(cfg.strength), float(cfg.guidance_scale))
+    target_label = int(cfg.target_label)
+    model.label_cond(target_label, 1)  # a label model with that class, or a clear error
+    options = dict(
+        num_steps=int(cfg.num_steps),
+        strength=float(cfg.strength),
+        guidance_scale=float(cfg.guidance_scale),
+        quantile=float(cfg.quantile) if cfg.quantile else None,
+        model_time=str(cfg.model_time),
+        spacing=str(cfg.spacing),
+    )
+
+    def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+        x = batch["image"]
+        target = model.label_cond(target_label, x.shape[0])
+        out = diffscm(
+            model.model_fn(weights),
+            model.schedule,
+            model.encode(weights, x),
+            null_cond=model.null_cond(target),
+            target_cond=target,
+            **options,
+        )
+        if model.space == "pixel":
+            return out
+        x_cf = model.decode(weights, out["counterfactual"])
+        return {"counterfactual": x_cf, "heatmap": difference_map(x, x_cf)}
+
+    return fn

@@ -25,13 +25,18 @@ pixels are pasted back after decoding (`paste_known`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from jaxcf.counterfactual.diffscm import difference_map
+from jaxcf.counterfactual.model import MethodModel
+from jaxcf.counterfactual.prompts import prompt_regions
 from jaxcf.diffusion import process
 from jaxcf.diffusion.guidance import classifier_free_guidance
 from jaxcf.diffusion.samplers import (
@@ -40,12 +45,13 @@ from jaxcf.diffusion.samplers import (
     Transform,
     ddpm_sample,
     repaint_sample,
+    start_timestep,
     strength_steps,
 )
 from jaxcf.diffusion.schedules import Schedule, respace
 
 Codec = Callable[[jax.Array], jax.Array]
-PromptableFn = Callable[[jax.Array, jax.Array, jax.Array, Any, Any], dict[str, jax.Array]]
+PromptableFn = Callable[[Any, jax.Array, jax.Array, jax.Array, Any, Any], dict[str, jax.Array]]
 KNOWN_MODES = ("posterior", "forward")
 
 
@@ -126,25 +132,12 @@ def _check_resample(resample: tuple[int, int] | None) -> None:
         )
 
 
-def _start_level(schedule: Schedule, num_steps: int, start_strength: float):
-    """(schedule to sample with, steps to run, first timestep or None for pure noise).
-
-    ddpm_sample / repaint_sample always walk the whole respaced chain (they have no
-    `strength=` like ddim_sample), so a partial start samples a schedule whose
-    num_timesteps is cut to k * stride: with leading spacing its respaced grid is exactly
-    the last k steps of the full num_steps grid, and the arrays (hence every timestep the
-    model sees) are unchanged.
-    """
+def _check_start(schedule: Schedule, num_steps: int, start_strength: float) -> None:
     if not 0.0 < start_strength <= 1.0:
         raise ValueError(f"start_strength must be in (0, 1], got {start_strength}")
     respace(schedule.num_timesteps, num_steps)  # validates num_steps
-    if start_strength == 1.0:
-        return schedule, num_steps, None
-    k = strength_steps(num_steps, start_strength)
-    if k < 1:
+    if strength_steps(num_steps, start_strength) < 1:
         raise ValueError(f"start_strength {start_strength} runs no step of {num_steps}")
-    stride = schedule.num_timesteps // num_steps
-    return schedule.replace(num_timesteps=k * stride), k, (k - 1) * stride
 
 
 def promptable_sample(
@@ -189,10 +182,11 @@ def promptable_sample(
     x0 = jnp.asarray(x0, jnp.float32)
     hooks = mask_prompt_hook(schedule, x0, region, known=known)
     _check_resample(resample)
-    sched, steps, t_start = _start_level(schedule, num_steps, start_strength)
+    _check_start(schedule, num_steps, start_strength)
     init_key, sample_key = jax.random.split(key)
     x_T = jax.random.normal(init_key, x0.shape, jnp.float32)  # Alg. 1 line 1
-    if t_start is not None:
+    if start_strength < 1.0:  # the input noised to the level the partial chain starts at
+        t_start = start_timestep(schedule.num_timesteps, num_steps, start_strength)
         x_T = process.q_sample(schedule, x0, jnp.full((x0.shape[0],), t_start), x_T)
     # Alg. 1 lines 8-11: the unknown region follows the model guided toward `cond`; line 10's
     # guidance signal is realised as classifier-free guidance (one doubled-batch forward).
@@ -201,15 +195,21 @@ def promptable_sample(
         if guidance_scale is None
         else classifier_free_guidance(model_fn, guidance_scale, null_cond)
     )
-    common = dict(key=sample_key, cond=cond, x0_transform=x0_transform, hooks=hooks)
+    common = dict(
+        key=sample_key,
+        cond=cond,
+        x0_transform=x0_transform,
+        hooks=hooks,
+        num_steps=num_steps,
+        strength=start_strength,
+    )
     if resample is None:
-        return ddpm_sample(guided, sched, x_T, num_steps=steps, **common)
+        return ddpm_sample(guided, schedule, x_T, **common)
     jump_length, jump_n_sample = resample
     return repaint_sample(
         guided,
-        sched,
+        schedule,
         x_T,
-        num_steps=steps,
         jump_length=jump_length,
         jump_n_sample=jump_n_sample,
         **common,
@@ -266,25 +266,26 @@ def promptable_counterfactual(
 
 
 def make_promptable(
-    model_fn: ModelFn,
+    apply_fn: Callable[..., jax.Array],
     schedule: Schedule,
     *,
     num_steps: int = 100,
     guidance_scale: float | None = 3.0,
     resample: tuple[int, int] | None = None,
     known: str = "posterior",
-    encode: Codec | None = None,
-    decode: Codec | None = None,
+    encode: Callable[[Any, jax.Array], jax.Array] | None = None,
+    decode: Callable[[Any, jax.Array], jax.Array] | None = None,
     paste_known: bool = True,
     start_strength: float = 1.0,
     x0_transform: Transform = None,
 ) -> PromptableFn:
     """:func:`promptable_counterfactual` with fixed options as ONE jitted function.
 
-    Returns fn(x, region, key, cond, null_cond) -> {"counterfactual", "heatmap"} for x
-    (B, ..., C), region (B, ..., 1); compiles once per input shape. As with make_diffscm,
-    model_fn / encode / decode are closed over (their parameters become constants); jit
-    :func:`promptable_counterfactual` yourself to pass large parameters as arguments.
+    apply_fn(params, x_t, t, cond) is the denoiser with its weights first; encode /
+    decode (latent models) take the same params first: encode(params, images).
+    Returns fn(params, x, region, key, cond, null_cond) -> {"counterfactual", "heatmap"}
+    for x (B, ..., C), region (B, ..., 1). The weights are an argument of the compiled
+    function, never constants folded into it; it compiles once per input shape.
     """
     if known not in KNOWN_MODES:
         raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}")
@@ -299,18 +300,23 @@ def make_promptable(
     )
 
     @jax.jit
-    def counterfactual(x, region, key, cond, null_cond) -> dict[str, jax.Array]:
+    def counterfactual(params, x, region, key, cond, null_cond) -> dict[str, jax.Array]:
+        codec = {}
+        if encode is not None or decode is not None:
+            codec = dict(
+                encode=None if encode is None else functools.partial(encode, params),
+                decode=None if decode is None else functools.partial(decode, params),
+            )
         return promptable_counterfactual(
-            model_fn,
+            functools.partial(apply_fn, params),
             schedule,
             x,
             region,
             key=key,
             cond=cond,
             null_cond=null_cond,
-            encode=encode,
-            decode=decode,
             paste_known=paste_known,
+            **codec,
             **options,
         )
 
@@ -404,48 +410,91 @@ def position_transfer(
     }
 
 
-def random_region(
-    key: jax.Array,
-    shape: Sequence[int],
-    brain_mask: jax.Array | None = None,
-    radius_range: tuple[float, float] = (0.08, 0.2),
-) -> jax.Array:
-    """Random ellipse (2-D) / ellipsoid (3-D) mask prompts inside the brain, for
-    "random mask -> unhealthy" (Sec. 3, Fig. 3d).
+# --- the method plug-in (jaxcf.counterfactual.registry) -------------------------------------
 
-    Args:
-      key: PRNG key.
-      shape: the image shape (B, *S, C).
-      brain_mask: (B, *S) or (B, *S, 1) brain foreground (nonzero = brain), or None for the
-        whole image. The centre is drawn uniformly from brain pixels and the result is cut
-        to the brain (the paper's UNet produced black regions for masks leaving the brain).
-      radius_range: per-axis semi-axis lengths, as fractions of that axis' size, drawn
-        uniformly and independently (equal draws give a disc).
-    Returns:
-      (B, *S, 1) float32 region, 1 = regenerate. Jit-able; empty only for an empty brain.
-    """
-    b, *spatial, _ = (int(s) for s in shape)
-    lo, hi = radius_range
-    if not 0.0 < lo <= hi:
-        raise ValueError(f"radius_range must satisfy 0 < lo <= hi, got {radius_range}")
-    if brain_mask is None:
-        brain = jnp.ones((b, *spatial), bool)
-    else:
-        brain = jnp.asarray(brain_mask)
-        if brain.ndim == len(spatial) + 2:
-            brain = brain[..., 0]
-        brain = jnp.broadcast_to(brain != 0, (b, *spatial))
-    key_centre, key_radius = jax.random.split(key)
-    flat = brain.reshape(b, -1)
-    # Uniform over brain pixels; a slice without brain falls back to the whole image.
-    logits = jnp.where(flat | ~jnp.any(flat, axis=1, keepdims=True), 0.0, -jnp.inf)
-    index = jax.random.categorical(key_centre, logits, axis=-1)  # (B,)
-    centre = jnp.stack(jnp.unravel_index(index, spatial), axis=-1).astype(jnp.float32)
-    sizes = jnp.asarray(spatial, jnp.float32)
-    radii = jax.random.uniform(key_radius, (b, len(spatial)), minval=lo, maxval=hi) * sizes
-    radii = jnp.maximum(radii, 0.5)  # always covers its centre pixel
-    grid = jnp.stack(jnp.meshgrid(*(jnp.arange(s) for s in spatial), indexing="ij"), -1)
-    ones = (1,) * len(spatial)
-    offset = (grid[None] - centre.reshape(b, *ones, -1)) / radii.reshape(b, *ones, -1)
-    inside = jnp.sum(offset**2, axis=-1) <= 1.0
-    return (inside & brain)[..., None].astype(jnp.float32)
+LABEL = "Promptable"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """counterfactual.promptable.*: paper 000's settings (DDPM, w = 3) and the prompt."""
+    return ml_collections.ConfigDict(
+        {
+            "num_steps": 100,  # respaced ancestral (DDPM) steps
+            "guidance_scale": 3.0,  # classifier-free guidance toward the target
+            "target_label": 0,  # the intervention: 0 = healthy
+            # the region to regenerate: box (the tumour's bounding box plus box_margin
+            # pixels: a box prompt, as a user would draw) | brain (the whole brain: no
+            # prompt) | seg (the tumour mask) | file (--mask)
+            "region": "box",
+            "box_margin": 3,
+            "resample_jump": 0,  # RePaint resampling (paper 000 defaults: 10, 10); 0 = off
+            "resample_count": 0,
+            "known": "posterior",  # known region: posterior (Alg. 1) | forward (RePaint)
+            "start_strength": 1.0,  # < 1: start from the noised input (extension)
+        }
+    )
+
+
+def prepare(batch: dict, cfg: ml_collections.ConfigDict) -> dict:
+    """Host side: {"image" (B, S, S, C), "seg" (B, S, S) or "given_region" (B, S, S)} ->
+    {"image", "region" (B, S, S) bool}: the mask prompt of cfg.region, cut to the brain."""
+    if "region" in batch:
+        return batch
+    region = prompt_regions(
+        str(cfg.region),
+        np.asarray(batch["image"]),
+        batch.get("seg"),
+        int(cfg.box_margin),
+        batch.get("given_region"),
+    )
+    return {"image": batch["image"], "region": region}
+
+
+def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
+    """fn(weights, {"image": (B, ..., C), "region": (B, ...)}, key) ->
+    {"counterfactual", "heatmap", "region" (B, ...) float32}.
+
+    Pixel models sample in pixel space with the model's x0 transform (the data-range
+    clip); latent models sample the VAE latents (model.encode / decode) with the region
+    max-pooled to the latent grid and the known pixels pasted back."""
+    target_label = int(cfg.target_label)
+    model.label_cond(target_label, 1)  # a label model with that class, or a clear error
+    resample = None
+    if int(cfg.resample_jump) > 0 and int(cfg.resample_count) > 0:
+        resample = (int(cfg.resample_jump), int(cfg.resample_count))
+    _check_resample(resample)
+    if cfg.known not in KNOWN_MODES:
+        raise ValueError(f"counterfactual.promptable.known must be one of {KNOWN_MODES}")
+    pixel = model.space == "pixel"
+    options = dict(
+        num_steps=int(cfg.num_steps),
+        guidance_scale=float(cfg.guidance_scale),
+        resample=resample,
+        known=str(cfg.known),
+        start_strength=float(cfg.start_strength),
+        x0_transform=model.x0_transform if pixel else None,
+    )
+
+    def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
+        x = batch["image"]
+        target = model.label_cond(target_label, x.shape[0])
+        codec = {}
+        if not pixel:
+            codec = dict(
+                encode=functools.partial(model.encode, weights),
+                decode=functools.partial(model.decode, weights),
+            )
+        out = promptable_counterfactual(
+            model.model_fn(weights),
+            model.schedule,
+            x,
+            batch["region"],
+            key=key,
+            cond=target,
+            null_cond=model.null_cond(target),
+            **codec,
+            **options,
+        )
+        return {**out, "region": as_region(batch["region"], x)[..., 0]}
+
+    return fn

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxcf.cli import ArgumentParser, debugging, fail, one_line, parse_args
 from jaxcf.data.errors import DataError
 from jaxcf.data.phantoms import KINDS, auto_workers, generate
 from jaxcf.data.phantoms.anatomy import ANATOMIES
 
+PROG = "jaxcf.make_phantom"
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m jaxcf.data.make_phantom",
-        description="Write a seeded phantom dataset in the layout of a real dataset.",
-    )
+    parser = ArgumentParser(prog="python -m jaxcf.data.make_phantom", description=__doc__)
     parser.add_argument("--kind", required=True, choices=KINDS, help="dataset layout")
     parser.add_argument("--out", required=True, help="output directory (must be empty)")
     parser.add_argument("--cases", type=int, default=16, help="number of cases (default 16)")
@@ -52,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (argparse itself exits with 2 on bad flags)."""
-    args = _parser().parse_args(argv)
+    """Run the CLI; returns the exit code (2 with one line `jaxcf.make_phantom: ...` on
+    stderr for bad arguments)."""
+    args = parse_args(PROG, _parser(), argv)
+    if isinstance(args, int):
+        return args
     try:
         summary = generate(
             args.kind,
@@ -68,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (DataError, ValueError, OSError) as error:
-        message = " ".join(str(error).split())
-        print(f"make_phantom: error: {message}", file=sys.stderr)
-        return 2
+        if debugging():
+            raise
+        return fail(PROG, one_line(error), 2)
     print(summary.describe())
     return 0
 

@@ -20,7 +20,6 @@ Re-running with the same parameters reuses the shards; other parameters need ``-
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import hashlib
@@ -41,6 +40,7 @@ from jaxcf.data.config import TASKS, TASKS_FOR
 from jaxcf.data.errors import DataError
 from jaxcf.data.text import Tokenizer, build_vocab
 
+PROG = "jaxcf.prepare"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 _HEADER_BYTES = 256  # fixed .npy header room so rows can stream in before N is known
@@ -438,10 +438,11 @@ def prepare_from_config(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI; bad input (DataError) -> one line on stderr and exit code 2."""
-    ap = argparse.ArgumentParser(
-        prog="python -m jaxcf.data.prepare", description=__doc__.split("\n")[0]
-    )
+    """CLI; bad arguments or input (DataError) -> one line `jaxcf.prepare: ...` on stderr
+    and exit code 2."""
+    from jaxcf.cli import ArgumentParser, debugging, fail, one_line, parse_args
+
+    ap = ArgumentParser(prog="python -m jaxcf.data.prepare", description=__doc__)
     ap.add_argument("--dataset", required=True, help=", ".join(sources.KNOWN_KINDS))
     ap.add_argument("--root", required=True, help="dataset directory (contract layout)")
     ap.add_argument("--out", required=True, help="output directory of the shards")
@@ -456,7 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="processes (0: in-process)")
     ap.add_argument("--overwrite", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    a = vars(ap.parse_args(argv))
+    parsed = parse_args(PROG, ap, None if argv is None else list(argv))
+    if isinstance(parsed, int):
+        return parsed
+    a = vars(parsed)
     try:
         prepare_dataset(
             a["dataset"],
@@ -469,8 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             **{k: a[k] for k in _OPTIONS},
         )
     except DataError as e:
-        print(f"prepare: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        if debugging():
+            raise
+        return fail(PROG, one_line(e), 2)
     return 0
 
 

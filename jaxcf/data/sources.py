@@ -110,7 +110,9 @@ def _list_dirs(root: pathlib.Path, pattern: str, what: str) -> list[str]:
     rx = re.compile(pattern)
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and rx.fullmatch(p.name))
     if not names:
-        raise DataError(f"no cases found in {root}: expected {what} folders matching {pattern!r}")
+        raise DataError(
+            f"no cases found in {root}: expected {what} folders matching the regex {pattern}"
+        )
     return names
 
 
@@ -159,9 +161,13 @@ class BraTSSource(_Source):
             k for k, s in BRATS_LAYOUTS.items() if any(re.fullmatch(s["pattern"], n) for n in names)
         ]
         if len(found) != 1:
-            patterns = {k: s["pattern"] for k, s in BRATS_LAYOUTS.items()}
-            what = "no" if not found else f"several ({found})"
-            raise DataError(f"{root}: {what} BraTS layouts found; expected folders like {patterns}")
+            # Plain regexes (a repr would double every backslash).
+            patterns = "; ".join(f"{k}: {s['pattern']}" for k, s in BRATS_LAYOUTS.items())
+            what = "no" if not found else f"several ({', '.join(found)})"
+            raise DataError(
+                f"{root}: {what} BraTS layouts found; expected case folders matching one of the "
+                f"regexes {patterns}"
+            )
         return found[0]
 
     def path(self, case_id: str, modality: str) -> pathlib.Path:

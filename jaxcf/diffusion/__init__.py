@@ -22,6 +22,7 @@ from jaxcf.diffusion.process import (
     x0_from_eps,
 )
 from jaxcf.diffusion.samplers import (
+    ModelFn,
     StepHooks,
     ddim_invert,
     ddim_invert_step,
@@ -32,11 +33,15 @@ from jaxcf.diffusion.samplers import (
     dpm_solver_pp,
     dpm_solver_pp_step,
     dpm_solver_timesteps,
+    flow_invert,
     flow_sample,
+    flow_start_time,
     flow_velocity,
     renoise_step,
     repaint_sample,
+    start_timestep,
     step_noise,
+    strength_steps,
 )
 from jaxcf.diffusion.schedules import (
     Schedule,
@@ -56,6 +61,7 @@ from jaxcf.diffusion.schedules import (
 from jaxcf.diffusion.transforms import dynamic_normalization, dynamic_threshold, static_clip
 
 __all__ = [
+    "ModelFn",
     "Schedule",
     "StepHooks",
     "broadcast_null",
@@ -75,7 +81,9 @@ __all__ = [
     "dynamic_normalization",
     "dynamic_threshold",
     "eps_from_x0",
+    "flow_invert",
     "flow_sample",
+    "flow_start_time",
     "flow_times",
     "flow_velocity",
     "from_alphas_cumprod",
@@ -101,8 +109,10 @@ __all__ = [
     "select_cond",
     "shift_time",
     "space_timesteps",
+    "start_timestep",
     "static_clip",
     "step_noise",
+    "strength_steps",
     "v_from_x0_eps",
     "vlb_term",
     "x0_from_eps",

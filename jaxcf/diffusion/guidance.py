@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxcf.diffusion import process
+from jaxcf.diffusion.samplers import ModelFn
 from jaxcf.diffusion.schedules import Schedule
 
-ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 EnergyFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 

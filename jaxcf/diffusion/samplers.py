@@ -55,6 +55,45 @@ def strength_steps(num_steps: int, strength: float) -> int:
     return round(strength * num_steps)
 
 
+def _last_steps(grid: np.ndarray, num_steps: int, strength: float) -> np.ndarray:
+    """The tail of a descending time grid that a partial trajectory of `strength` runs.
+
+    The one place every sampler's `strength=` is decided: the last k = strength_steps(...)
+    steps of `num_steps`. `grid` is the sampler's own descending grid, either the step
+    times (num_steps entries, discrete samplers) or the step boundaries (num_steps + 1
+    entries, flow); the tail keeps k entries, or k + 1 boundaries. Its first entry is the
+    level the chain starts from.
+    """
+    return grid[num_steps - strength_steps(num_steps, strength) :]
+
+
+def start_timestep(
+    num_timesteps: int, num_steps: int, strength: float = 1.0, spacing: str = "leading"
+) -> int:
+    """The training timestep at which a partial ddpm / ddim / repaint chain starts.
+
+    With k = round(strength * num_steps), the samplers run the last k respaced steps of
+    respace(num_timesteps, num_steps, spacing), so the first timestep they evaluate is
+    ts[num_steps - k]: noise the input to exactly this level (`q_sample`) before calling
+    them, or `ddim_invert` to it with the same arguments. -1 (the clean image, nothing to
+    noise) when k = 0. (dpm_solver_pp starts at dpm_solver_timesteps(...)[num_steps - k].)
+    """
+    tail = _last_steps(respace(num_timesteps, num_steps, spacing), num_steps, strength)
+    return int(tail[0]) if len(tail) else -1
+
+
+def flow_start_time(
+    num_steps: int, strength: float = 1.0, *, shift: float = 1.0, spacing: str = "uniform"
+) -> float:
+    """The flow time in [0, 1] at which `flow_sample(..., strength=strength)` starts.
+
+    times[num_steps - k] of flow_times(num_steps, shift, spacing), k = round(strength *
+    num_steps); `flow_invert` with the same arguments ends there. Noise an input to it with
+    x_t = (1 - t) x0 + t eps. Pass the schedule's shift (flow_sample's default).
+    """
+    return float(_last_steps(flow_times(num_steps, shift, spacing), num_steps, strength)[0])
+
+
 def _scan(step, x_T, key, times, times_next, hooks, carry=None, extra=None):
     """Run `step(x, carry, t, t_next, noise_key, i, extra_i) -> (x_next, carry)` over times.
 
@@ -126,12 +165,21 @@ def ddpm_sample(
     num_steps: int | None = None,
     cond: Any = None,
     spacing: str = "leading",
+    strength: float = 1.0,
     x0_transform: Transform = None,
     hooks: StepHooks | None = None,
 ) -> jax.Array:
-    """Ancestral sampling over `num_steps` respaced steps (default: all T)."""
+    """Ancestral sampling (Ho et al. 2020, Alg. 2) over `num_steps` respaced steps
+    (default: all T).
+
+    With strength < 1 only the last k = round(strength * num_steps) respaced steps run
+    (SDEdit-style partial sampling): x_T must be the input noised to the first of them,
+    :func:`start_timestep` (num_timesteps, num_steps, strength, spacing).
+    """
     _require(schedule, False, "ddpm_sample")
-    ts = respace(schedule.num_timesteps, num_steps or schedule.num_timesteps, spacing)
+    num_steps = num_steps or schedule.num_timesteps
+    ts = respace(schedule.num_timesteps, num_steps, spacing)
+    ts = _last_steps(ts, num_steps, strength)
 
     def step(x, carry, t, t_prev, k, i, _):
         noise = jax.random.normal(k, x.shape, jnp.float32)
@@ -188,12 +236,12 @@ def ddim_sample(
     hooks: StepHooks | None = None,
 ) -> jax.Array:
     """DDIM sampling. With strength < 1 only the last round(strength * num_steps) steps
-    run, starting from x_T at that level: the decoder matching :func:`ddim_invert` with
-    the same num_steps, spacing and strength. `key` is needed when eta > 0 or hooks draw
-    noise."""
+    run, starting from x_T at level :func:`start_timestep` (num_timesteps, num_steps,
+    strength, spacing): the decoder matching :func:`ddim_invert` with the same num_steps,
+    spacing and strength. `key` is needed when eta > 0 or hooks draw noise."""
     _require(schedule, False, "ddim_sample")
     ts = respace(schedule.num_timesteps, num_steps, spacing)
-    ts = ts[num_steps - strength_steps(num_steps, strength) :]
+    ts = _last_steps(ts, num_steps, strength)
 
     # A literal eta = 0 draws no noise (random normals dominate a step's cost on CPU);
     # a traced eta always draws it.
@@ -266,8 +314,8 @@ def ddim_invert(
     _require(schedule, False, "ddim_invert")
     if model_time not in ("current", "target"):
         raise ValueError(f"model_time must be 'current' or 'target', got {model_time!r}")
-    ascending = respace(schedule.num_timesteps, num_steps, spacing)[::-1]
-    ascending = ascending[: strength_steps(num_steps, strength)]
+    ts = respace(schedule.num_timesteps, num_steps, spacing)
+    ascending = _last_steps(ts, num_steps, strength)[::-1]
     t_from = np.concatenate([[-1], ascending[:-1]]).astype(np.int32)
     if model_time == "current":
         evaluate_at = np.where(t_from < 0, ascending[:1], t_from).astype(np.int32)
@@ -341,6 +389,7 @@ def dpm_solver_pp(
     cond: Any = None,
     order: int = 2,
     spacing: str = "linspace",
+    strength: float = 1.0,
     x0_transform: Transform = None,
     hooks: StepHooks | None = None,
 ) -> jax.Array:
@@ -349,11 +398,15 @@ def dpm_solver_pp(
     First-order on the first step and on the last (which lands on sigma = 0), second-order
     in between, as diffusers' DPMSolverMultistepScheduler with `final_sigmas_type="zero"`.
     Pass `x0_transform=partial(dynamic_threshold, quantile=0.995)` for Imagen thresholding.
+    With strength < 1 only the last k = round(strength * num_steps) steps run (the first of
+    them first-order), from x_T at level dpm_solver_timesteps(T, num_steps, spacing)[num_steps
+    - k] (its grid differs from respace's for "linspace" / "leading").
     """
     _require(schedule, False, "dpm_solver_pp")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
     ts = dpm_solver_timesteps(schedule.num_timesteps, num_steps, spacing)
+    ts = _last_steps(ts, num_steps, strength)
     prev_step = np.concatenate([ts[:1], ts[:-1]]).astype(np.int32)
     t_next = _next(ts)
     second = (np.arange(len(ts)) > 0) & (t_next >= 0) & (order == 2)
@@ -388,6 +441,11 @@ def flow_velocity(
     return eps - x0
 
 
+def _check_solver(solver: str) -> None:
+    if solver not in ("euler", "heun"):
+        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+
+
 def flow_sample(
     model_fn: ModelFn,
     schedule: Schedule,
@@ -399,6 +457,7 @@ def flow_sample(
     solver: str = "euler",
     shift: float | None = None,
     spacing: str = "uniform",
+    strength: float = 1.0,
     x0_transform: Transform = None,
     hooks: StepHooks | None = None,
 ) -> jax.Array:
@@ -407,11 +466,14 @@ def flow_sample(
     solver: "euler" (MAISI, diffusers FlowMatchEuler) or "heun" (second order; the last
     step to t = 0 stays Euler, as in Karras et al. 2022, Alg. 1). The time grid is
     :func:`flow_times` with `shift` (default: the schedule's) and `spacing`.
+    With strength < 1 only the last k = round(strength * num_steps) steps of that grid run,
+    from x_T at time :func:`flow_start_time` (num_steps, strength, shift=..., spacing=...):
+    the decoder matching :func:`flow_invert` with the same arguments.
     """
     _require(schedule, True, "flow_sample")
-    if solver not in ("euler", "heun"):
-        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
-    times = flow_times(num_steps, schedule.shift if shift is None else shift, spacing)
+    _check_solver(solver)
+    shift = schedule.shift if shift is None else shift
+    times = _last_steps(flow_times(num_steps, shift, spacing), num_steps, strength)
 
     def velocity(x, t):
         return flow_velocity(schedule, model_fn(x, t, cond), x, t, x0_transform)
@@ -430,6 +492,65 @@ def flow_sample(
         return x_next, carry
 
     return _scan(step, x_T, key, times[:-1], times[1:], hooks)
+
+
+def flow_invert(
+    model_fn: ModelFn,
+    schedule: Schedule,
+    x_0: jax.Array,
+    *,
+    num_steps: int,
+    cond: Any = None,
+    solver: str = "euler",
+    shift: float | None = None,
+    spacing: str = "uniform",
+    strength: float = 1.0,
+    x0_transform: Transform = None,
+    key: jax.Array | None = None,
+    hooks: StepHooks | None = None,
+) -> jax.Array:
+    """Encode x_0: integrate the rectified-flow ODE upward from t = 0 (data).
+
+    The twin of :func:`ddim_invert`: walks flow_sample's grid (same num_steps, shift,
+    spacing) backwards over its first k = round(strength * num_steps) steps, from 0 up to
+    :func:`flow_start_time` (1 at strength = 1), where `flow_sample(..., strength=strength)`
+    starts. Time-reversed solvers, each the mirror of flow_sample's step over the same
+    interval [t_i, t_{i+1}] (the decoder reads the velocity at its upper end t_{i+1} first):
+      "euler": x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_{i+1}), the velocity read at the
+        upper end, where the Euler decoder reads it (ddim_invert's model_time="target"):
+        only d v / d x, not d v / d t, is left in the round-trip error, and the model is
+        never evaluated at t = 0.
+      "heun": Heun's method upward (v at t_i, then at t_{i+1} on the Euler guess), except
+        the step that STARTS at t = 0, which is the "euler" step above: the mirror of
+        flow_sample keeping its step that LANDS on t = 0 Euler (both read the velocity only
+        at the step's t > 0 end). Round trips are first order in the step for "euler",
+        second order for "heun" (tests/test_samplers_api.py).
+    hooks: as for the samplers, with t < t_next (the time of x, the time stepped to).
+    """
+    _require(schedule, True, "flow_invert")
+    _check_solver(solver)
+    shift = schedule.shift if shift is None else shift
+    ascending = _last_steps(flow_times(num_steps, shift, spacing), num_steps, strength)[::-1]
+
+    def velocity(x, t):
+        return flow_velocity(schedule, model_fn(x, t, cond), x, t, x0_transform)
+
+    def step(x, carry, t, t_n, k, i, _):
+        dt = process.expand(t_n - t, x)
+
+        def euler():  # read at the upper end t_n > 0
+            return x + dt * velocity(x, t_n)
+
+        if solver == "euler":
+            return euler(), carry
+
+        def heun():
+            u = velocity(x, t)
+            return x + dt * 0.5 * (u + velocity(x + dt * u, t_n))
+
+        return jax.lax.cond(t[0] > 0, heun, euler), carry
+
+    return _scan(step, x_0, key, ascending[:-1], ascending[1:], hooks)
 
 
 # --- RePaint resampling ---------------------------------------------------------------------
@@ -454,6 +575,7 @@ def repaint_sample(
     jump_n_sample: int = 10,
     cond: Any = None,
     spacing: str = "leading",
+    strength: float = 1.0,
     x0_transform: Transform = None,
     hooks: StepHooks | None = None,
 ) -> jax.Array:
@@ -464,11 +586,15 @@ def repaint_sample(
     up. Hooks run on the DDPM steps only; with an `after` hook that pastes the known region
     (forward-noised, or drawn from the posterior as in Shen et al. 2024, Alg. 1) this is
     RePaint inpainting.
+    With strength < 1 the trajectory is repaint_schedule(k, jump_length, jump_n_sample)
+    over only the last k = round(strength * num_steps) respaced timesteps (jumps never go
+    above the first of them), and x_T must be at level :func:`start_timestep`
+    (num_timesteps, num_steps, strength, spacing).
     """
     _require(schedule, False, "repaint_sample")
-    ascending = respace(schedule.num_timesteps, num_steps, spacing)[::-1]
-    levels = np.concatenate([[-1], ascending]).astype(np.int32)
-    trajectory = repaint_schedule(num_steps, jump_length, jump_n_sample)
+    ts = _last_steps(respace(schedule.num_timesteps, num_steps, spacing), num_steps, strength)
+    levels = np.concatenate([[-1], ts[::-1]]).astype(np.int32)
+    trajectory = repaint_schedule(len(ts), jump_length, jump_n_sample)
     times, times_next = levels[trajectory[:-1] + 1], levels[trajectory[1:] + 1]
     down = trajectory[1:] < trajectory[:-1]
     hooks = hooks or StepHooks()

@@ -10,19 +10,22 @@ the split batch by batch and keeps, in constant memory:
     split (its ideal-Dice threshold there), so no test label tunes any number.
 Slices are the unit (the papers work on 2-D slices); `eval.slices = tumour` keeps the
 slices with at least one tumour voxel, as Diff-SCM's evaluation does.
+
+The methods come in as plain functions (batch -> counterfactual, heatmap, mask); the
+wiring from registered counterfactual methods lives in jaxcf.experiments.segmentation, so
+this module never imports jaxcf.counterfactual.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxcf.counterfactual.segment import Segmenter, brain_masks, prompt_regions
 from jaxcf.data.pipeline import make_dataset
 from jaxcf.evaluation.metrics import (
     StreamingAUPRC,
@@ -31,16 +34,21 @@ from jaxcf.evaluation.metrics import (
     markdown_table,
     summarize,
 )
+from jaxcf.evaluation.postprocess import foreground_mask
 
 BASELINE = "threshold"
-LABELS = {
-    BASELINE: "Thresholding (FLAIR)",
-    "diffscm": "Diff-SCM",
-    "promptable": "Promptable",
-}
+BASELINE_LABEL = "Thresholding (FLAIR)"
 COLUMNS = ("dice", "iou", "sensitivity", "precision", "auprc", "ideal_dice")
 HEAT_RANGE = (0.0, 2.0)  # |x - x_cf| of images in [-1, 1]
 FLAIR_RANGE = (-1.0, 1.0)
+# batch {"image" (B, S, S, C), "seg" (B, S, S), "label" (B,)} -> (counterfactual
+# (B, S, S, C), heatmap (B, S, S), mask (B, S, S) bool)
+Segmenter = Callable[[dict], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def brain_masks(images: np.ndarray) -> np.ndarray:
+    """(B, S, S, C) slices in [-1, 1] (background -1) -> (B, S, S) bool brain masks."""
+    return foreground_mask(images, background=-1.0)
 
 
 @dataclasses.dataclass
@@ -73,6 +81,11 @@ def slice_batches(data_config: Any, split: str, slices: str, max_items: int) -> 
         yield {k: np.asarray(batch[k])[keep] for k in ("image", "seg", "label")}
 
 
+def count_slices(data_config: Any, split: str, slices: str, max_items: int) -> int:
+    """How many slices slice_batches yields (for progress bars with a total)."""
+    return sum(len(b["image"]) for b in slice_batches(data_config, split, slices, max_items))
+
+
 def rebatch(batches: Iterator[dict], size: int) -> Iterator[dict]:
     """Regroup filtered batches into batches of exactly `size` rows (the last may be
     smaller), so the counterfactual methods run full, fixed-shape chunks."""
@@ -101,11 +114,11 @@ def choose_baseline_threshold(data_config: Any, split: str, slices: str, bins: i
 
 
 def evaluate_split(
-    segmenter: Segmenter,
+    segmenters: dict[str, Segmenter],
     data_config: Any,
     split: str,
-    methods: list[str],
     *,
+    batch_size: int,
     slices: str = "tumour",
     max_items: int = 0,
     bins: int = 10_000,
@@ -113,7 +126,10 @@ def evaluate_split(
     keep_examples: int = 4,
     progress: bool = True,
 ) -> tuple[dict[str, dict], list[Example]]:
-    """{method: {metric: value, ...}} over the split, and a few examples for panels."""
+    """{method: {metric: value, ...}} over the split, and a few examples for panels.
+
+    segmenters run on batches of exactly batch_size rows (the last may be smaller)."""
+    methods = list(segmenters)
     names = [BASELINE, *methods]
     curves = {
         m: StreamingAUPRC(*(FLAIR_RANGE if m == BASELINE else HEAT_RANGE), num_bins=bins)
@@ -122,26 +138,25 @@ def evaluate_split(
     rows: dict[str, list[dict]] = {m: [] for m in names}
     seconds = dict.fromkeys(methods, 0.0)
     examples: list[Example] = []
-    options = segmenter.options
-    bar = tqdm(desc=f"evaluate {split}", unit="slice", disable=not progress, dynamic_ncols=True)
+    total = count_slices(data_config, split, slices, max_items)
+    bar = tqdm(
+        desc=f"evaluate {split} ({', '.join(methods) or 'baseline'})",
+        total=total,
+        unit="slice",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     batches = slice_batches(data_config, split, slices, max_items)
-    for batch in rebatch(batches, int(options.batch_size)):
+    for batch in rebatch(batches, batch_size):
         images, truth = batch["image"], batch["seg"] > 0
         brain = brain_masks(images)
         outputs: dict[str, tuple] = {}
         flair = flair_scores(images)
         outputs[BASELINE] = (None, flair, (flair >= baseline_threshold) & brain)
-        for method in methods:
-            regions = None
-            if method == "promptable":
-                regions = prompt_regions(options.region, images, batch["seg"], options.box_margin)
+        for method, segment in segmenters.items():
             started = time.perf_counter()
-            out = segmenter.run(method, images, regions)
+            outputs[method] = segment(batch)
             seconds[method] += time.perf_counter() - started
-            masks = segmenter.masks(images, out["counterfactual"])
-            if regions is not None:
-                masks &= regions
-            outputs[method] = (out["counterfactual"], out["heatmap"], masks)
         for name, (_, heat, masks) in outputs.items():
             curves[name].update(heat, truth, valid=brain)
             rows[name].extend(case_metrics(p, t) for p, t in zip(masks, truth, strict=True))
@@ -176,10 +191,14 @@ def evaluate_split(
     return results, examples
 
 
-def results_table(results: dict[str, dict], title: str | None = None) -> str:
-    """Markdown table (percent, one decimal): rows methods, columns COLUMNS."""
+def results_table(
+    results: dict[str, dict], title: str | None = None, labels: dict[str, str] | None = None
+) -> str:
+    """Markdown table (percent, one decimal): rows methods (named by `labels`, e.g. the
+    registry's "Diff-SCM"), columns COLUMNS."""
+    labels = {BASELINE: BASELINE_LABEL, **(labels or {})}
     shown = {
-        LABELS.get(name, name): {
+        labels.get(name, name): {
             "dice": (r["dice"], r["dice_std"]),
             "iou": (r["iou"], r["iou_std"]),
             **{k: r[k] for k in ("sensitivity", "precision", "auprc", "ideal_dice")},

@@ -2,7 +2,8 @@
 
 Groups: data (jaxcf.data.config), model (jaxcf.models.build), text (prompt encoder), vae
 (frozen autoencoder of latent models), vae_loss, diffusion (schedule, space, condition,
-objective), optim, train, sampler (preview samples), mesh, counterfactual (methods),
+objective), optim, train, sampler (preview samples), mesh, counterfactual (the method runner
+and one sub-config per registered method),
 eval (metrics over a split). Every field a command line may
 override (--config.group.field=value) exists here, because configs are locked.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxcf.counterfactual import registry
 from jaxcf.data.config import default_data_config
 
 
@@ -37,10 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
     )
 
     # Frozen autoencoder for diffusion.space = "latent": a diffusers AutoencoderKL file or
-    # folder, or a jaxcf workdir trained with configs/vae_brats.py ("" = untrained: smoke
-    # runs only). mode: per_modality (RGB VAE, each MRI modality replicated to 3 channels)
+    # folder, or a jaxcf workdir trained with configs/vae_brats.py. An empty checkpoint (an
+    # untrained VAE, latents that mean nothing) is refused unless allow_untrained (smoke
+    # runs). mode: per_modality (RGB VAE, each MRI modality replicated to 3 channels)
     # | joint | auto (per_modality when the VAE takes 3 channels).
-    c.vae = ml_collections.ConfigDict({"preset": "sd", "checkpoint": "", "mode": "auto"})
+    c.vae = ml_collections.ConfigDict(
+        {"preset": "sd", "checkpoint": "", "mode": "auto", "allow_untrained": False}
+    )
     c.vae_loss = ml_collections.ConfigDict({"kl_weight": 1e-6})
 
     c.diffusion = ml_collections.ConfigDict(
@@ -88,28 +93,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampler = ml_collections.ConfigDict({"num_steps": 50, "guidance_scale": 1.0})
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
 
-    # Counterfactual segmentation (python -m jaxcf.counterfactual, jaxcf.evaluate, the demo).
+    # Counterfactual methods (python -m jaxcf.counterfactual, jaxcf.evaluate, the demo): the
+    # runner's settings here, each registered method's own under counterfactual.<name>.*
+    # (jaxcf.counterfactual.registry; e.g. counterfactual.diffscm.strength).
     c.counterfactual = ml_collections.ConfigDict(
         {
-            "method": "diffscm",  # diffscm | promptable
-            "num_steps": 100,  # respaced steps (Diff-SCM: ddim100; promptable: DDPM steps)
-            "strength": 0.75,  # Diff-SCM: encoding depth L, a fraction of the steps
-            "guidance_scale": 3.0,  # classifier-free guidance toward the target label
-            "quantile": 0.99,  # Diff-SCM dynamic normalisation percentile s
-            "model_time": "current",  # DDIM inversion evaluation time (Diff-SCM: current)
-            "healthy_label": 0,  # the target label of the counterfactual
-            # promptable: region to regenerate as healthy: box (the tumour's bounding box
-            # plus box_margin pixels: a box prompt, as a user would draw) | brain (the whole
-            # brain: no prompt) | seg (the tumour mask) | file (--mask)
-            "region": "box",
-            "box_margin": 3,
-            "resample_jump": 0,  # RePaint resampling (paper 000 defaults: 10, 10); 0 = off
-            "resample_count": 0,
-            "vote": "paper",  # post-processing vote: paper (>= 0.5) | script (> 0.25)
-            "batch_size": 32,
+            "method": "diffscm",  # a registered method: diffscm | promptable
+            "batch_size": 32,  # rows per compiled chunk (rounded up to the mesh's devices)
             "seed": 0,
+            "vote": "paper",  # mask post-processing vote: paper (>= 0.5) | script (> 0.25)
         }
     )
+    c.counterfactual.update(registry.default_configs())
     # Evaluation over a split (python -m jaxcf.evaluate).
     c.eval = ml_collections.ConfigDict(
         {

@@ -30,7 +30,7 @@ from jaxcf.training import data as training_data
 from jaxcf.training.metrics import MetricWriter
 from jaxcf.training.optim import learning_rate, make_optimizer
 from jaxcf.training.step import init_state, make_train_step
-from jaxcf.training.tasks import make_task
+from jaxcf.training.tasks import check_vae, make_task
 from jaxcf.visualization import save_panel, to_uint8
 
 
@@ -99,6 +99,8 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     train = config.train
     mesh = parallel.make_mesh(config.mesh)
 
+    if config.train.task == "diffusion" and config.diffusion.space == "latent":
+        check_vae(config.vae)  # before any data work
     data_config = training_data.ensure_data(config.data, workdir)
     iterator = training_data.train_iterator(data_config, seed=train.seed)
     if config.diffusion.condition == "prompt" and config.train.task == "diffusion":

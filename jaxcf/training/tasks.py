@@ -49,7 +49,7 @@ def make_schedule(diffusion: Any) -> D.Schedule:
 class DiffusionTask:
     """Trains a denoiser (config.model) with diffusion_loss; see the module docstring."""
 
-    def __init__(self, config: Any, key: jax.Array):
+    def __init__(self, config: Any, key: jax.Array, *, restoring: bool = False):
         k_model, k_text, k_vae = jax.random.split(key, 3)
         self.config = config
         self.diffusion = config.diffusion
@@ -79,7 +79,7 @@ class DiffusionTask:
                 self.frozen["text"] = text_frozen
         self.vae = None
         if self.space == "latent":
-            self.vae, self.frozen["vae"], self.vae_mode = _build_vae(config.vae, k_vae)
+            self.vae, self.frozen["vae"], self.vae_mode = _build_vae(config.vae, k_vae, restoring)
 
     # -- batch -> diffusion variable and condition ------------------------------------------
 
@@ -205,10 +205,12 @@ class VAETask:
         return recon
 
 
-def make_task(config: Any, key: jax.Array):
+def make_task(config: Any, key: jax.Array, *, restoring: bool = False):
+    """The task of config.train.task. restoring: every weight, frozen ones included, is
+    about to be restored from a checkpoint (inference)."""
     kind = config.train.task
     if kind == "diffusion":
-        return DiffusionTask(config, key)
+        return DiffusionTask(config, key, restoring=restoring)
     if kind == "vae":
         return VAETask(config, key)
     raise ValueError(f"train.task must be 'diffusion' or 'vae', got {kind!r}")
@@ -246,8 +248,31 @@ def _build_text(text: Any, key: jax.Array):
     return apply, state, None
 
 
-def _build_vae(vae: Any, key: jax.Array):
-    """(graphdef, params, mode) of the frozen latent autoencoder."""
+def check_vae(vae: Any) -> None:
+    """Refuse an empty vae.checkpoint (ValueError naming the fields) unless
+    vae.allow_untrained, then warn loudly. Called before any data work or training."""
+    if not vae.checkpoint:
+        if not vae.get("allow_untrained", False):
+            raise ValueError(
+                "vae.checkpoint is empty: the latent model would train on an untrained VAE "
+                "whose latents mean nothing; set vae.checkpoint=PATH (a diffusers "
+                "AutoencoderKL or a configs/vae_brats.py workdir) or "
+                "--config.vae.allow_untrained=True for a smoke run"
+            )
+        import sys
+
+        print(
+            "WARNING: vae.checkpoint is empty and vae.allow_untrained=True: the latent model "
+            "uses an untrained VAE whose latents mean nothing (smoke runs only)",
+            file=sys.stderr,
+        )
+
+
+def _build_vae(vae: Any, key: jax.Array, restoring: bool = False):
+    """(graphdef, params, mode) of the frozen latent autoencoder. restoring: its weights
+    come from a checkpoint afterwards (inference), so vae.checkpoint may be empty."""
+    if not restoring:
+        check_vae(vae)
     module = models.build_module({"family": "vae", "preset": vae.preset}, key)
     graphdef, params = nnx.split(module)
     if vae.checkpoint:

@@ -1,0 +1,121 @@
+"""Mask prompts for the promptable method: where a counterfactual may change the image.
+
+    region = prompt_regions("box", images, seg, margin=3)    # host side, numpy
+    region = random_region(key, x.shape, brain_mask)         # jit-able, for regeneration
+
+Convention (as jaxcf.counterfactual.promptable): 1 = regenerate, 0 = keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import ndimage
+
+from jaxcf.evaluation.postprocess import foreground_mask
+
+REGIONS = ("box", "brain", "seg", "file")
+
+
+def brain_masks(images: np.ndarray) -> np.ndarray:
+    """(B, S, S, C) slices in [-1, 1] (background -1) -> (B, S, S) bool brain masks."""
+    return foreground_mask(images, background=-1.0)
+
+
+def box_regions(seg: np.ndarray, margin: int) -> np.ndarray:
+    """(B, S, S) tumour masks -> (B, S, S) bool boxes: each slice's tumour bounding box grown
+    by `margin` pixels: the box prompt a user would draw (paper 000's mask prompt). A slice
+    without tumour gets an empty box."""
+    out = np.zeros(seg.shape, bool)
+    for i, s in enumerate(seg):
+        rows, cols = np.flatnonzero(s.any(1)), np.flatnonzero(s.any(0))
+        if rows.size:
+            r0, r1 = max(rows[0] - margin, 0), rows[-1] + margin + 1
+            c0, c1 = max(cols[0] - margin, 0), cols[-1] + margin + 1
+            out[i, r0:r1, c0:c1] = True
+    return out
+
+
+def prompt_regions(
+    kind: str,
+    images: np.ndarray,
+    seg: np.ndarray | None = None,
+    margin: int = 3,
+    given: np.ndarray | None = None,
+) -> np.ndarray:
+    """The region to regenerate, (B, S, S) bool, cut to the brain.
+
+    kind: "box" (seg's bounding box + margin), "seg" (seg dilated by one pixel), "brain"
+    (no prompt: the whole brain) or "file" (`given`, e.g. read with --mask)."""
+    brain = brain_masks(images)
+    if kind == "brain":
+        region = brain
+    elif kind in ("box", "seg"):
+        if seg is None:
+            raise ValueError(
+                f"counterfactual.promptable.region={kind!r} needs a tumour segmentation; this "
+                "case has none: use --mask=FILE (region=file) or region=brain"
+            )
+        tumour = np.asarray(seg) > 0
+        region = (
+            box_regions(tumour, margin)
+            if kind == "box"
+            else ndimage.binary_dilation(tumour, iterations=1, structure=np.ones((1, 3, 3), bool))
+        )
+    elif kind == "file":
+        if given is None:
+            raise ValueError("counterfactual.promptable.region='file' needs --mask=FILE")
+        region = np.asarray(given, bool)
+    else:
+        raise ValueError(f"counterfactual.promptable.region must be one of {REGIONS}, got {kind!r}")
+    return region & brain
+
+
+def random_region(
+    key: jax.Array,
+    shape: Sequence[int],
+    brain_mask: jax.Array | None = None,
+    radius_range: tuple[float, float] = (0.08, 0.2),
+) -> jax.Array:
+    """Random ellipse (2-D) / ellipsoid (3-D) mask prompts inside the brain, for
+    "random mask -> unhealthy" (Sec. 3, Fig. 3d).
+
+    Args:
+      key: PRNG key.
+      shape: the image shape (B, *S, C).
+      brain_mask: (B, *S) or (B, *S, 1) brain foreground (nonzero = brain), or None for the
+        whole image. The centre is drawn uniformly from brain pixels and the result is cut
+        to the brain (the paper's UNet produced black regions for masks leaving the brain).
+      radius_range: per-axis semi-axis lengths, as fractions of that axis' size, drawn
+        uniformly and independently (equal draws give a disc).
+    Returns:
+      (B, *S, 1) float32 region, 1 = regenerate. Jit-able; empty only for an empty brain.
+    """
+    b, *spatial, _ = (int(s) for s in shape)
+    lo, hi = radius_range
+    if not 0.0 < lo <= hi:
+        raise ValueError(f"radius_range must satisfy 0 < lo <= hi, got {radius_range}")
+    if brain_mask is None:
+        brain = jnp.ones((b, *spatial), bool)
+    else:
+        brain = jnp.asarray(brain_mask)
+        if brain.ndim == len(spatial) + 2:
+            brain = brain[..., 0]
+        brain = jnp.broadcast_to(brain != 0, (b, *spatial))
+    key_centre, key_radius = jax.random.split(key)
+    flat = brain.reshape(b, -1)
+    # Uniform over brain pixels; a slice without brain falls back to the whole image.
+    logits = jnp.where(flat | ~jnp.any(flat, axis=1, keepdims=True), 0.0, -jnp.inf)
+    index = jax.random.categorical(key_centre, logits, axis=-1)  # (B,)
+    centre = jnp.stack(jnp.unravel_index(index, spatial), axis=-1).astype(jnp.float32)
+    sizes = jnp.asarray(spatial, jnp.float32)
+    radii = jax.random.uniform(key_radius, (b, len(spatial)), minval=lo, maxval=hi) * sizes
+    radii = jnp.maximum(radii, 0.5)  # always covers its centre pixel
+    grid = jnp.stack(jnp.meshgrid(*(jnp.arange(s) for s in spatial), indexing="ij"), -1)
+    ones = (1,) * len(spatial)
+    offset = (grid[None] - centre.reshape(b, *ones, -1)) / radii.reshape(b, *ones, -1)
+    inside = jnp.sum(offset**2, axis=-1) <= 1.0
+    return (inside & brain)[..., None].astype(jnp.float32)

@@ -1,0 +1,194 @@
+"""The method platform: registry, plug-in contract, runner (chunks, keys, conditions,
+sharding), pinned by numbers with a closed-form model (jaxcf.diffusion.mixture_denoiser).
+
+The "trained model" is the exact denoiser of a tiny labelled set (as in
+test_counterfactual.py): four smooth anatomies, each healthy (label 0) and with a bright
+square (label 1); label 2 is the null condition. Its "weights" are the component means,
+passed as an argument like a network's parameters.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxcf import diffusion as D
+from jaxcf.counterfactual import MethodModel, MethodRunner, null_label, registry
+from jaxcf.counterfactual.diffscm import diffscm
+from jaxcf.counterfactual.promptable import promptable_counterfactual
+from tests.test_counterfactual import HEALTHY_IMAGES, SQUARES, TUMOUR_IMAGES
+
+SCHEDULE = D.linear()
+NUM_CLASSES = 2
+STD = 0.05
+
+
+def _apply(means, x_t, t, cond):
+    labels = jnp.array([0] * 4 + [1] * 4)
+    return D.mixture_denoiser(SCHEDULE, means, STD, labels=labels, null_label=NUM_CLASSES)(
+        x_t, t, cond
+    )
+
+
+MEANS = jnp.asarray(np.concatenate([HEALTHY_IMAGES, TUMOUR_IMAGES]))
+MODEL = MethodModel(
+    apply=_apply,
+    schedule=SCHEDULE,
+    null_cond=null_label(NUM_CLASSES),
+    num_classes=NUM_CLASSES,
+    x0_transform=D.static_clip,
+)
+
+
+def _config(batch_size: int = 3, **method) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict({"method": "diffscm", "batch_size": batch_size, "seed": 0})
+    config.update(registry.default_configs())
+    config.diffscm.update(num_steps=20)
+    config.promptable.update(num_steps=10)
+    for name, values in method.items():
+        config[name].update(values)
+    return config
+
+
+def _mesh(data: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"data": data, "fsdp": 1})
+
+
+# Seven rows: not a multiple of the chunk size (3), so the last chunk is padded.
+IMAGES = np.concatenate([TUMOUR_IMAGES, HEALTHY_IMAGES[:3]])
+IS_TUMOUR = np.array([True] * 4 + [False] * 3)
+
+
+def test_diffscm_through_the_runner_equals_the_function_and_heals_the_square():
+    runner = MethodRunner(MODEL, MEANS, "diffscm", _config(), _mesh(1), progress=False)
+    assert runner.chunk == 3
+    out = runner({"image": IMAGES})
+    assert out["counterfactual"].shape == IMAGES.shape and out["heatmap"].shape == (7, 16, 16)
+    # The same counterfactual as the functional form on all rows at once: chunking and
+    # padding change nothing (Diff-SCM is per-sample and deterministic).
+    direct = diffscm(
+        MODEL.model_fn(MEANS),
+        SCHEDULE,
+        jnp.asarray(IMAGES),
+        null_cond={"label": jnp.array([NUM_CLASSES])},
+        target_cond={"label": jnp.zeros((7,), jnp.int32)},
+        num_steps=20,
+    )
+    np.testing.assert_allclose(out["counterfactual"], direct["counterfactual"], atol=1e-5)
+    # Toward "healthy": the square goes, healthy rows stay. With null and target swapped
+    # the decoder would follow the null condition (a reconstruction) and the square stay.
+    heat = out["heatmap"]
+    assert heat[:4][SQUARES].min() > 0.5  # the removed squares
+    assert heat[:4][~SQUARES].max() < 0.2
+    assert heat[4:].max() < 0.2  # healthy inputs are left alone
+    healed = np.abs(out["counterfactual"][:4] - HEALTHY_IMAGES).max()
+    assert healed < 0.2
+
+
+def test_the_target_label_comes_from_the_method_config():
+    # Target "tumour" on healthy inputs (regeneration): no change is possible without a
+    # prompt (Diff-SCM keeps the anatomy), but the decoder must follow label 1, not 0.
+    config = _config(diffscm={"target_label": 1})
+    runner = MethodRunner(MODEL, MEANS, "diffscm", config, _mesh(1), progress=False)
+    toward_tumour = runner({"image": HEALTHY_IMAGES})["heatmap"]
+    healthy = MethodRunner(MODEL, MEANS, "diffscm", _config(), _mesh(1), progress=False)
+    assert (
+        toward_tumour[SQUARES].mean()
+        > 3 * healthy({"image": HEALTHY_IMAGES})["heatmap"][SQUARES].mean()
+    )
+    with pytest.raises(ValueError, match="target label 5 is not a class"):
+        MethodRunner(MODEL, MEANS, "diffscm", _config(diffscm={"target_label": 5}), progress=False)
+
+
+def test_promptable_chunks_get_their_own_keys():
+    config = _config(promptable={"region": "file"})
+    runner = MethodRunner(MODEL, MEANS, "promptable", config, _mesh(1), progress=False)
+    region = np.zeros(IMAGES.shape[:-1], bool)
+    region[:, :, :8] = True  # the left half, which holds every square
+    images = IMAGES * 0 + TUMOUR_IMAGES[0]  # seven copies of one image
+    # Brain masks need a background of -1; the anatomies are all brain, so cut nothing.
+    out = runner({"image": images, "given_region": region})
+    np.testing.assert_array_equal(out["region"] > 0, region)
+    # Row r of chunk c is what promptable_counterfactual gives with key fold_in(key(0),
+    # first row of c) on that chunk (the last one padded by repeating its last row).
+    for start in (0, 3, 6):
+        rows = np.arange(start, start + 3).clip(max=6)
+        expected = promptable_counterfactual(
+            MODEL.model_fn(MEANS),
+            SCHEDULE,
+            jnp.asarray(images[rows]),
+            jnp.asarray(region[rows]),
+            key=jax.random.fold_in(jax.random.key(0), start),
+            cond={"label": jnp.zeros((3,), jnp.int32)},
+            null_cond={"label": jnp.array([NUM_CLASSES])},
+            num_steps=10,
+            x0_transform=D.static_clip,
+        )["counterfactual"]
+        n = min(3, 7 - start)
+        np.testing.assert_allclose(
+            out["counterfactual"][start : start + n], expected[:n], atol=1e-5
+        )
+    # Same input, different chunks: different noise, so different samples in the prompt.
+    assert np.abs(out["counterfactual"][0] - out["counterfactual"][3]).max() > 1e-3
+
+
+def test_runner_on_eight_devices_equals_one_device():
+    assert jax.device_count() == 8  # tests/conftest.py fakes an 8-device CPU
+    config = _config(batch_size=3)
+    one = MethodRunner(MODEL, MEANS, "diffscm", config, _mesh(1), progress=False)
+    eight = MethodRunner(MODEL, MEANS, "diffscm", config, _mesh(8), progress=False)
+    assert eight.chunk == 8  # rounded up to a multiple of the batch devices
+    sharding = eight.mesh.shape
+    assert sharding["data"] == 8
+    a, b = one({"image": IMAGES}), eight({"image": IMAGES})
+    # The same float32 arithmetic per sample; XLA may fuse differently per shard shape, so
+    # a few ulps of the O(1) values over 2 x 15 steps: 1e-5.
+    np.testing.assert_allclose(a["counterfactual"], b["counterfactual"], atol=1e-5)
+    np.testing.assert_allclose(a["heatmap"], b["heatmap"], atol=1e-5)
+
+
+TOY_METHOD = '''
+"""A toy method: the counterfactual is the input scaled by cfg.factor."""
+import ml_collections
+
+LABEL = "Toy"
+
+
+def default_config():
+    return ml_collections.ConfigDict({"factor": 0.5})
+
+
+def build(model, cfg):
+    factor = float(cfg.factor)
+
+    def fn(weights, batch, key):
+        x = model.encode(weights, batch["image"])
+        return {"counterfactual": factor * x, "heatmap": abs(x - factor * x).mean(-1)}
+
+    return fn
+'''
+
+
+def test_a_new_method_is_one_file_and_one_registry_line(tmp_path, monkeypatch):
+    (tmp_path / "toy_method.py").write_text(textwrap.dedent(TOY_METHOD))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.METHODS, "toy", "toy_method")  # the registry line
+    try:
+        assert "toy" in registry.names() and registry.label("toy") == "Toy"
+        config = _config()
+        config.toy = registry.default_configs().toy
+        out = MethodRunner(MODEL, MEANS, "toy", config, _mesh(1), progress=False)({"image": IMAGES})
+        np.testing.assert_allclose(out["counterfactual"], 0.5 * IMAGES, atol=1e-7)
+    finally:
+        sys.modules.pop("toy_method", None)
+
+
+def test_unknown_method_names_the_known_ones():
+    with pytest.raises(ValueError, match="unknown counterfactual method 'magic'; known: diffscm"):
+        registry.get("magic")

@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
+# constraints.txt: the versions the README's numbers came from (pyproject keeps ranges).
+PIN := -c constraints.txt
 PYTEST_WORKERS ?= 2
 
 .PHONY: demo test test-ref bench lint format clean
@@ -13,18 +15,18 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 
-# One stamp per extras set; reinstalled when pyproject.toml changes.
-$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
-	$(PIP) -e .
+# One stamp per extras set; reinstalled when pyproject.toml or constraints.txt change.
+$(VENV)/.stamp-base: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) $(PIN) -e .
 	touch $@
-$(VENV)/.stamp-test: pyproject.toml | $(BIN)/python
-	$(PIP) -e ".[test]"
+$(VENV)/.stamp-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) $(PIN) -e ".[test]"
 	touch $@
-$(VENV)/.stamp-ref: pyproject.toml | $(BIN)/python
-	$(PIP) -e ".[test,ref]"
+$(VENV)/.stamp-ref: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) $(PIN) -e ".[test,ref]"
 	touch $@
-$(VENV)/.stamp-gpu: pyproject.toml | $(BIN)/python
-	$(PIP) -e ".[gpu]"
+$(VENV)/.stamp-gpu: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) $(PIN) -e ".[gpu]"
 	touch $@
 
 demo: $(VENV)/.stamp-base

@@ -1,17 +1,19 @@
-"""Diff-SCM on BraTS 2021 (Sanchez et al. 2022; REFERENCES.md): 64x64 slices, four
+"""Diff-SCM on BraTS 2021 (Sanchez et al. 2022, Sec. 4 and reference code): 64x64 slices, four
 modalities, healthy / tumour labels with attention conditioning, 1000 linear steps,
 eps-prediction with fixed (large) variance, AdamW 1e-4, weight decay 0.01, batch 64, EMA
 0.9999, 50k iterations, condition dropout 0.35."""
 
-from jaxcf.training.config import base_config
+import ml_collections
+
+from jaxcf.training.config import apply_toy, base_config, is_toy, pixel_shape
 
 
-def get_config():
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """arg: None (the paper's recipe) | "toy" (its CPU-test size: a tiny UNet on 16 px)."""
+    toy = is_toy(arg)
     c = base_config()
     c.data.update(dataset="brats2021", task="slices2d", image_size=64, batch_size=64)
-    c.model.update(
-        family="unet", preset="diffscm_brats64", image_size=64, in_channels=4, num_classes=2
-    )
+    c.model.update(family="unet", preset="diffscm_brats64", num_classes=2, **pixel_shape(c))
     # guided-diffusion with learn_sigma=False, sigma_small=False: FIXED_LARGE variance.
     c.diffusion.update(
         schedule="linear",
@@ -23,4 +25,4 @@ def get_config():
     c.optim.update(lr=1e-4, weight_decay=0.01, ema_decay=0.9999, grad_clip=0.0)
     c.train.update(num_steps=50_000, checkpoint_every=5_000, sample_every=5_000)
     c.sampler.update(num_steps=100, guidance_scale=3.0)  # ddim100, w = 3
-    return c
+    return apply_toy(c, preset="tiny2d") if toy else c

@@ -1,8 +1,13 @@
 """Language-guided 3-D WDM (paper 004) on MS FLAIR by lesion load; the recipe is documented in
-jaxcf.training.config.language_wdm_config."""
+jaxcf.training.config.language_wdm_config. The toy variant: 16^3 volumes, the tiny
+text-conditioned WDM."""
 
-from jaxcf.training.config import language_wdm_config
+import ml_collections
+
+from jaxcf.training.config import apply_toy, is_toy, language_wdm_config
 
 
-def get_config():
-    return language_wdm_config("ms")
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    toy = is_toy(arg)
+    c = language_wdm_config("ms")
+    return apply_toy(c, preset="wdm_tiny_text") if toy else c

@@ -28,7 +28,8 @@ QUICKSTART = REPO / "configs" / "quickstart.py"
 
 
 def quickstart_config(steps: int | None, toy: bool):
-    """configs/quickstart.py, optionally shortened (--steps) or shrunk to a test size (--toy)."""
+    """configs/quickstart.py, optionally shortened (--steps) or at its test size (--toy:
+    the config's own toy variant, get_config("toy"))."""
     import importlib.util
 
     if not QUICKSTART.is_file():
@@ -36,17 +37,7 @@ def quickstart_config(steps: int | None, toy: bool):
     spec = importlib.util.spec_from_file_location("quickstart_config", QUICKSTART)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
-    if toy:  # seconds, for the test suite: tiny images, few cases, few sampling steps
-        config.data.update(image_size=16, batch_size=8)
-        config.data.phantom.update(cases=8, size=32)
-        config.model.image_size = 16
-        config.train.update(num_steps=30, log_every=10, checkpoint_every=30, sample_every=0)
-        config.counterfactual.batch_size = 16
-        config.counterfactual.diffscm.num_steps = 10
-        config.counterfactual.promptable.num_steps = 10
-        config.eval.max_items = 16
-        config.mesh.data = 1
+    config = module.get_config("toy" if toy else None)
     if steps is not None:
         config.train.num_steps = steps
         config.train.checkpoint_every = min(config.train.checkpoint_every, steps)
@@ -85,7 +76,7 @@ def run(workdir: pathlib.Path, steps: int | None, toy: bool) -> dict:
     case_id = held_out_case(data_config)
     case = cases.load_case(pathlib.Path(data_config.root) / case_id)
     case_summary = segmentation.segment_case(
-        segmentation.method_runner(trained, "diffscm"),
+        segmentation.method_runner(trained, str(trained.config.counterfactual.method)),
         case,
         workdir / "case",
         image_size=int(trained.config.data.image_size),

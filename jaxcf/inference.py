@@ -5,9 +5,10 @@
     x0 = trained.encode(images)                           # data space -> diffusion variable
     model, weights = trained.method_model(), trained.weights   # what methods take
 
-Only the EMA weights (and any frozen networks) are read from the checkpoint (an Orbax
-partial restore): inference never rebuilds the optimizer, so a method config can be paired
-with any compatible checkpoint.
+Only the EMA weights are read from the checkpoint (an Orbax partial restore): inference
+never rebuilds the optimizer, so a method config can be paired with any compatible
+checkpoint. Frozen networks (a latent model's VAE, prompt embeddings from a file) are not
+in checkpoints; building the task loads them from their own paths, as training did.
 
 The network that was trained is described by the workdir's `config.json` (written by
 `jaxcf.train` with every override resolved, including the prompt vocabulary), so that is
@@ -18,6 +19,7 @@ groups must describe the same network, or the restore names the mismatching para
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 from typing import Any
@@ -25,11 +27,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from jaxcf import diffusion as D
 from jaxcf.checkpoint import Checkpoints, abstract_like
 from jaxcf.counterfactual import registry
 from jaxcf.counterfactual.model import MethodModel
-from jaxcf.models import wavelet
+from jaxcf.data.text import Tokenizer
+from jaxcf.training.conditioners import Conditioner
 from jaxcf.training.tasks import DiffusionTask, make_task
 
 # Groups that describe the trained network: taken from the workdir's config.json (and its
@@ -85,13 +87,16 @@ def _add_method_defaults(config: ml_collections.ConfigDict) -> None:
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A diffusion task with restored weights. params: EMA (default) or raw weights."""
+    """A diffusion task with restored weights. params: EMA (default) or raw weights;
+    frozen: the task's frozen weights (loaded from their own paths, never from the
+    checkpoint); workdir: the training workdir (where the prompt tokenizer is found)."""
 
     config: ml_collections.ConfigDict
     task: DiffusionTask
     params: Any
     frozen: Any
     step: int
+    workdir: pathlib.Path | None = None
 
     @property
     def schedule(self):
@@ -101,9 +106,10 @@ class TrainedModel:
     def num_classes(self) -> int:
         return self.task.num_classes
 
-    def model_fn(self):
-        """model_fn(x_t, t, cond) of the restored network (no dropout)."""
-        return self.task.model_fn(self.params, self.frozen)
+    def model_fn(self, **apply_kwargs):
+        """model_fn(x_t, t, cond) of the restored network (no dropout); apply_kwargs go to
+        the network (control=, return_attention=)."""
+        return self.task.model_fn(self.params, self.frozen, **apply_kwargs)
 
     def encode(self, images: jax.Array) -> jax.Array:
         """(B, ..., C) data-space images -> diffusion variable (latents, wavelets or pixels)."""
@@ -112,9 +118,45 @@ class TrainedModel:
     def decode(self, x0: jax.Array) -> jax.Array:
         return self.task.decode(self.frozen, x0)
 
+    def prepare_cond(self, cond: Any) -> Any:
+        """cond encoded once for the network (a prompt -> its context tokens); pass it to
+        samplers so the text encoder does not run at every step."""
+        return self.task.prepare_cond(self.params, self.frozen, cond)
+
     @property
     def space(self) -> str:
         return self.task.space
+
+    @property
+    def conditioner(self) -> Conditioner:
+        """The task's conditioner (cond(batch), null_cond, encode; see
+        jaxcf.training.conditioners)."""
+        return self.task.conditioner
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer | None:
+        """The prompt tokenizer the model was trained with (prompt models; None otherwise):
+        workdir/tokenizer.json, written by training, else the prepared data's meta.json."""
+        if self.task.condition != "prompt":
+            return None
+        places = []
+        if self.workdir is not None:
+            places.append(self.workdir / "tokenizer.json")
+        data = self.config.data
+        if data.get("prepared"):
+            places.append(pathlib.Path(data.prepared) / "meta.json")
+        if self.workdir is not None:
+            prepared = self.workdir / "prepared" / f"{data.dataset}_{data.task}"
+            places.append(prepared / "meta.json")
+        for path in places:
+            if path.is_file():
+                obj = json.loads(path.read_text())
+                obj = obj if path.name == "tokenizer.json" else obj.get("tokenizer")
+                if obj:
+                    return Tokenizer.from_json(obj)
+        raise FileNotFoundError(
+            f"no prompt tokenizer for this model: looked for {', '.join(map(str, places))}"
+        )
 
     @property
     def weights(self) -> dict:
@@ -125,8 +167,8 @@ class TrainedModel:
         """The restored network as counterfactual methods take it (weights not bound)."""
         task = self.task
 
-        def apply(weights, x, t, cond):
-            return task.model_fn(weights["params"], weights["frozen"])(x, t, cond)
+        def apply(weights, x, t, cond, **kwargs):
+            return task.model_fn(weights["params"], weights["frozen"], **kwargs)(x, t, cond)
 
         def encode(weights, images):
             return task.encode(weights["frozen"], images)
@@ -134,9 +176,6 @@ class TrainedModel:
         def decode(weights, x0):
             return task.decode(weights["frozen"], x0)
 
-        # The x0 estimate's transform where the data range is known: pixel data is in
-        # [-1, 1] (guided-diffusion's clip_denoised), WDM's sub-bands have wavelet_clip.
-        transforms = {"pixel": D.static_clip, "wavelet": wavelet.wavelet_clip}
         return MethodModel(
             apply=apply,
             schedule=task.schedule,
@@ -145,7 +184,8 @@ class TrainedModel:
             decode=decode,
             space=task.space,
             num_classes=task.num_classes if task.condition == "label" else 0,
-            x0_transform=transforms.get(task.space),
+            # The x0 estimate's transform where the data range is known (the space's).
+            x0_transform=task.space_impl.x0_transform,
         )
 
 
@@ -158,7 +198,10 @@ def load_trained(
     """Restore the EMA weights of the latest (or given) checkpoint of a diffusion workdir.
 
     The network comes from the workdir's config.json; `config` (e.g. a method config from
-    the command line) contributes everything else (counterfactual.*, eval.*, mesh)."""
+    the command line) contributes everything else (counterfactual.*, eval.*, mesh).
+    Frozen networks are not in checkpoints: building the task loads them from their paths
+    (vae.checkpoint, text.file), and an untrained smoke-run VAE (vae.allow_untrained, empty
+    vae.checkpoint) is rebuilt from train.seed exactly as training built it."""
     workdir = workdir_of(checkpoint)
     trained_config = saved_config(workdir)
     config = trained_config if config is None else merge_network(config, trained_config)
@@ -169,10 +212,9 @@ def load_trained(
     try:
         if checkpoints.latest_step is None:
             raise FileNotFoundError(f"--checkpoint: no checkpoint in {checkpoints.directory}")
+        # The task's key is training's (train.seed): an untrained VAE comes out identical.
         task = make_task(config, jax.random.key(int(config.train.seed)), restoring=True)
         wanted = {"step": jax.ShapeDtypeStruct((), "int32"), "ema": abstract_like(task.params)}
-        if jax.tree.leaves(task.frozen):
-            wanted["frozen"] = abstract_like(task.frozen)
         try:
             restored = checkpoints.restore_subtrees(wanted, step)
         except (ValueError, KeyError, TypeError) as err:
@@ -184,7 +226,4 @@ def load_trained(
     finally:
         checkpoints.close()
     params = jax.tree.map(jax.numpy.asarray, restored["ema"])
-    frozen = (
-        jax.tree.map(jax.numpy.asarray, restored["frozen"]) if "frozen" in restored else task.frozen
-    )
-    return TrainedModel(config, task, params, frozen, int(restored["step"]))
+    return TrainedModel(config, task, params, task.frozen, int(restored["step"]), workdir)

@@ -179,18 +179,10 @@ def test_pcf_dit_refuses_an_untrained_vae_before_training(tmp_path, capsys):
     workdir = tmp_path / "w"
     argv = [
         "jaxcf.train",
-        f"--config={REPO / 'configs' / 'pcf_dit_brats.py'}",
+        f"--config={REPO / 'configs' / 'pcf_dit_brats.py'}:toy",
         f"--workdir={workdir}",
-        "--config.data.phantom.cases=4",
-        "--config.data.phantom.size=32",
-        "--config.data.image_size=32",
-        "--config.data.batch_size=2",
-        "--config.model.preset=DiT-S/2",
-        "--config.model.input_size=4",
-        "--config.model.in_channels=4",
-        "--config.vae.preset=mri4",
+        "--config.vae.allow_untrained=False",  # the toy variant allows it
         "--config.train.num_steps=1",
-        "--config.train.sample_every=0",
     ]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err

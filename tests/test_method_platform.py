@@ -17,12 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_counterfactual import HEALTHY_IMAGES, SQUARES, TUMOUR_IMAGES
 
 from jaxcf import diffusion as D
 from jaxcf.counterfactual import MethodModel, MethodRunner, null_label, registry
 from jaxcf.counterfactual.diffscm import diffscm
 from jaxcf.counterfactual.promptable import promptable_counterfactual
-from tests.test_counterfactual import HEALTHY_IMAGES, SQUARES, TUMOUR_IMAGES
 
 SCHEDULE = D.linear()
 NUM_CLASSES = 2

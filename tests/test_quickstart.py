@@ -72,6 +72,20 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
     mask = np.asarray(nib.load(out / f"{case_id}_mask.nii.gz").dataobj)
     assert region.any() and not (mask & ~region.astype(bool)).any()  # masks stay in the prompt
 
+    # Another experiment's method config with this checkpoint (different optimizer, model
+    # size and data fields): only the EMA weights are read, the network comes from the
+    # workdir's config.json.
+    other = [
+        "counterfactual",
+        f"--config={REPO / 'configs' / 'diffscm_brats.py'}",
+        f"--checkpoint={workdir}",
+        f"--input={case_dir}",
+        f"--out={tmp_path / 'cf_other'}",
+        "--config.counterfactual.diffscm.num_steps=5",
+    ]
+    assert counterfactual_cli.main(other) == 0, capsys.readouterr().err
+    assert "diffscm on" in capsys.readouterr().out
+
     # A given region file; one that does not fit the case is refused with its name.
     bad = tmp_path / "bad_mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), np.eye(4)), bad)

@@ -23,25 +23,21 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "jax"
 
 
-def load_config(name: str):
-    """configs/<name>.py's get_config(), loaded by path as the CLI does."""
+def load_config(name: str, arg: str | None = None):
+    """configs/<name>.py's get_config(arg), loaded by path as the CLI does."""
     spec = importlib.util.spec_from_file_location(f"config_{name}", REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg)
 
 
 def quick_config(**train):
-    """configs/quickstart.py shrunk to seconds: 16x16 slices of 4 phantom cases."""
-    c = load_config("quickstart")
-    c.data.update(image_size=16, batch_size=8)
-    c.data.phantom.update(cases=4, size=32)
-    c.model.update(image_size=16)
-    c.train.update(
-        {"num_steps": 6, "log_every": 1, "checkpoint_every": 3, "sample_every": 0, **train}
-    )
+    """configs/quickstart.py:toy (16x16 slices, batch 8, one device; the 8-device test sets
+    mesh.data = -1) on 4 phantom cases: seconds."""
+    c = load_config("quickstart", "toy")
+    c.data.phantom.cases = 4
+    c.train.update({"num_steps": 6, "log_every": 1, "checkpoint_every": 3, **train})
     c.optim.update(lr=1e-3)
-    c.mesh.data = 1  # one device: fast; the 8-device test sets -1
     return c
 
 
@@ -145,17 +141,12 @@ def test_sigint_saves_a_checkpoint_and_a_second_run_resumes(tmp_path):
         sys.executable,
         "-m",
         "jaxcf.train",
-        "--config=configs/quickstart.py",
+        "--config=configs/quickstart.py:toy",
         f"--workdir={workdir}",
         "--config.train.num_steps=100000",
         "--config.train.log_every=1",
         "--config.train.checkpoint_every=100000",
-        "--config.train.sample_every=0",
-        "--config.data.image_size=16",
-        "--config.model.image_size=16",
-        "--config.data.batch_size=8",
         "--config.data.phantom.cases=4",
-        "--config.data.phantom.size=32",
     ]
     proc = subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

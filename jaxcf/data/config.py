@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import ml_collections
+from ml_collections.config_dict import config_dict as _config_dict
 
 DATASETS = ("brats2021", "brats2023", "brats-peds", "ms", "adni", "cxr")
 TASKS = ("slices2d", "volumes", "seg3d", "cxr")
@@ -16,6 +21,53 @@ TASKS_FOR = {
     "adni": ("volumes",),
     "cxr": ("cxr",),
 }
+# Image channels each dataset gives: BraTS the four modalities (T1, T1ce, T2, FLAIR, in
+# jaxcf.data.sources.MODALITIES order), MS FLAIR / ADNI T1 / radiographs one.
+CHANNELS = {
+    "brats2021": 4,
+    "brats2023": 4,
+    "brats-peds": 4,
+    "brats": 4,
+    "ms": 1,
+    "adni": 1,
+    "cxr": 1,
+}
+
+
+def channels_of(dataset: str) -> int:
+    """The image channels of ``dataset`` (CHANNELS); ValueError naming the known datasets."""
+    if dataset not in CHANNELS:
+        raise ValueError(f"data.dataset must be one of {', '.join(CHANNELS)}, got {dataset!r}")
+    return CHANNELS[dataset]
+
+
+def _drop_default(fn: Callable[..., Any], _default: Any, *values: Any) -> Any:
+    return fn(*values)
+
+
+def derived(fn: Callable[..., Any], *fields: Any, field_type: type = int):
+    """A config field computed on access from other fields: ``fn(*their values)``.
+
+    ``fields`` are FieldReferences (``config.get_ref("name")``) or constants; the value
+    follows them, so ``--config.data.image_size=64`` moves every field derived from it.
+    Setting the derived field itself (``--config.model.in_channels=4``) replaces the
+    computation for that field only. ``fn`` should be a module-level function (configs stay
+    picklable). FieldReference arithmetic (``ref // 8``) covers the simple cases; this is
+    for look-ups (a preset's or a dataset's properties)."""
+    # ml_collections applies an op as fn(own value, *args) on get(); the own value is unused.
+    op = _config_dict._Op(functools.partial(_drop_default, fn), list(fields))
+    return ml_collections.FieldReference(field_type(), field_type=field_type, op=op)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def follow(config: ml_collections.ConfigDict, key: str):
+    """A one-way reference to ``config[key]`` (ConfigDict.get_oneway_ref, which closes over a
+    lambda, but picklable): the value follows the field until it is set itself."""
+    ref = config.get_ref(key)
+    return derived(_same, ref, field_type=ref.get_type())
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -30,6 +82,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     image_size: side of 2-D slices / radiographs (Diff-SCM trains at 64, evaluates at 128;
         paper 000 uses 128; paper 003 uses 512).
     volume_size: side of WDM cubes (128 in WDM; 240 x 240 x 155 -> pad 256 -> pool 2).
+    channels: image channels of the dataset (derived from ``dataset``: BraTS 4 modalities,
+        MS / ADNI / CXR 1); experiment configs derive the model's input channels from it.
     value_range: (lo, hi) of WDM volumes after min-max ((0, 1) as WDM; (-1, 1) also common).
     min_brain_fraction: slices2d skips axial slices with less brain than this fraction.
     splits: (train, val, test) case fractions; splits are by case, seeded by ``seed``.
@@ -60,6 +114,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.task = "slices2d"
     c.image_size = 64
     c.volume_size = 128
+    c.channels = derived(channels_of, c.get_ref("dataset"))
     c.value_range = (0.0, 1.0)
     c.min_brain_fraction = 0.05
     c.splits = (0.7, 0.15, 0.15)

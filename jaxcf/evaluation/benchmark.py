@@ -154,6 +154,8 @@ def evaluate_split(
         flair = flair_scores(images)
         outputs[BASELINE] = (None, flair, (flair >= baseline_threshold) & brain)
         for method, segment in segmenters.items():
+            first = not rows[method]  # its first batch includes compiling it
+            bar.set_postfix_str(f"{method}{' (compiling)' if first else ''}", refresh=True)
             started = time.perf_counter()
             outputs[method] = segment(batch)
             seconds[method] += time.perf_counter() - started

@@ -3,8 +3,8 @@
 Shen et al. (paper 000, Sec. 2, Eq. 1-2) segment a tumour as the difference between a scan
 and its healthy counterfactual, binarised per modality by Otsu and fused by a weighted vote.
 The steps the paper leaves out (histogram matching, the contrast constants, connected
-components, hole filling) follow the authors' evaluation script as reconstructed in
-shared/REFERENCES.md ("Promptable counterfactual diffusion").
+components, hole filling) follow the authors' evaluation script (paper 000's public
+repository; the script was later deleted there), as docs/methods.md summarises.
 
 Layout is channels-last: 2-D slices ``(H, W, C)`` or 3-D volumes ``(X, Y, Z, C)``; for BraTS
 ``C = 4`` in the order t1, t1ce, t2, flair. Every step is n-dimensional, so volumes work
@@ -169,8 +169,8 @@ def fill_holes(mask: np.ndarray, max_hole: int = 64, connectivity: int = 1) -> n
     any small background component counts, including one touching the border. Returns bool,
     same shape.
     """
-    # Script step "remove holes < 64 px" (REFERENCES.md); implemented with scipy so the
-    # strict "<" does not depend on skimage's area_threshold -> max_size API change.
+    # Step "remove holes < 64 px" of paper 000's evaluation script; implemented with scipy
+    # so the strict "<" does not depend on skimage's area_threshold -> max_size API change.
     mask = np.asarray(mask, bool)
     labels, n = ndimage.label(~mask, structure=_structure(mask.ndim, connectivity))
     if n == 0:

@@ -292,8 +292,8 @@ class UNet(nnx.Module):
         return self.conv_out(jax.nn.silu(self.norm_out(h))).astype(jnp.float32)
 
 
-# Diff-SCM on BraTS 2021 at 64 px (REFERENCES.md): 64 ch, mult 1,2,3,4, 2 res blocks, 1 head,
-# attention at 32/16/8, dropout 0.1, AdaGN, resblock up/down, labels healthy (0) / tumour (1)
+# Diff-SCM on BraTS 2021 at 64 px (paper 001, Sec. 4, and its reference code): 64 ch,
+# mult 1,2,3,4, 2 res blocks, 1 head, attention at 32/16/8, dropout 0.1, AdaGN, resblock up/down, labels healthy (0) / tumour (1)
 # with null row 2, attention conditioning, fixed variance.
 _DIFFSCM = dict(
     spatial_dims=2,

@@ -6,6 +6,13 @@ objective), optim, train, sampler (preview samples), mesh, counterfactual (the m
 and one sub-config per registered method),
 eval (metrics over a split). Every field a command line may
 override (--config.group.field=value) exists here, because configs are locked.
+
+Every configs/NAME.py has ``get_config(arg=None)``: ``arg="toy"`` (``--config=FILE:toy``)
+is the same experiment at its CPU-test size (apply_toy; big_vision's ``runlocal``). Fields
+that must agree are derived, not copied: the model's spatial size and input channels are
+FieldReferences to the data's (pixel_shape, wavelet_shape, latent_shape), so
+``--config.data.image_size=64`` moves the model with it; setting a derived model field
+explicitly still overrides it.
 """
 
 from __future__ import annotations
@@ -13,7 +20,23 @@ from __future__ import annotations
 import ml_collections
 
 from jaxcf.counterfactual import registry
-from jaxcf.data.config import default_data_config
+from jaxcf.data.config import default_data_config, derived, follow
+
+TOY = "toy"
+
+
+def is_toy(arg: str | None) -> bool:
+    """get_config's argument: None / "" -> the experiment as published, "toy" -> its
+    CPU-test size; anything else is a ValueError naming the allowed values."""
+    if arg in (None, ""):
+        return False
+    if arg == TOY:
+        return True
+    raise ValueError(
+        f"unknown config argument {arg!r}: allowed are none (--config=configs/NAME.py, the "
+        f"experiment as published) and {TOY!r} (--config=configs/NAME.py:{TOY}, its CPU-test "
+        "size)"
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,14 +48,15 @@ def base_config() -> ml_collections.ConfigDict:
         {"family": "unet", "preset": "tiny2d", "dtype": "float32", "remat": False}
     )
 
-    # Prompt encoder for diffusion.condition = "prompt" (vocab_size / max_len 0: from the data).
+    # Prompt encoder for diffusion.condition = "prompt" (vocab_size 0: from the data's
+    # tokenizer; max_len follows data.prompt_max_len).
     c.text = ml_collections.ConfigDict(
         {
             "encoder": "trainable",
             "dim": 256,
             "depth": 2,
             "heads": 4,
-            "max_len": 16,
+            "max_len": follow(c.data, "prompt_max_len"),
             "vocab_size": 0,
             "file": "",
         }
@@ -118,6 +142,96 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# -- model fields derived from the data ------------------------------------------------------
+# Each returns model fields as FieldReferences (c.model.update(**pixel_shape(c))): they follow
+# the data fields on access, overrides included, and an explicit --config.model.FIELD=VALUE
+# replaces the derivation for that field only.
+
+
+def pixel_shape(c: ml_collections.ConfigDict) -> dict:
+    """A pixel-space model sees the data as it comes: image_size = data.image_size,
+    in_channels = data.channels."""
+    return {
+        "image_size": follow(c.data, "image_size"),
+        "in_channels": follow(c.data, "channels"),
+    }
+
+
+def wavelet_shape(c: ml_collections.ConfigDict) -> dict:
+    """WDM's model sees the 3-D Haar transform of the volumes: 8 sub-bands per channel on a
+    grid of half the side (image_size = data.volume_size / 2, in_channels = 8 * channels)."""
+    return {
+        "image_size": c.data.get_ref("volume_size") // 2,
+        "in_channels": c.data.get_ref("channels") * 8,
+    }
+
+
+def _vae_preset(name: str) -> dict:
+    from jaxcf.models.vae import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"vae.preset {name!r} is not a VAE preset; choose from {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def vae_downsampling(preset: str) -> int:
+    """Spatial downsampling of a VAE preset: 2 per level after the first (8 for sd, mri4)."""
+    return 2 ** (len(_vae_preset(preset)["block_out_channels"]) - 1)
+
+
+def latent_channels(channels: int, preset: str, mode: str) -> int:
+    """Channels of the diffusion variable in latent space: per_modality (an RGB VAE, each
+    modality encoded on its own, Shen et al. 2024) concatenates one latent per channel;
+    joint encodes all channels at once. mode auto = per_modality for a 3-channel VAE."""
+    vae = _vae_preset(preset)
+    if mode == "auto":
+        mode = "per_modality" if vae["in_channels"] == 3 else "joint"
+    if mode not in ("per_modality", "joint"):
+        raise ValueError(f"vae.mode must be auto, per_modality or joint, got {mode!r}")
+    return vae["latent_channels"] * (channels if mode == "per_modality" else 1)
+
+
+def _latent_size(image_size: int, preset: str) -> int:
+    return image_size // vae_downsampling(preset)
+
+
+def latent_shape(c: ml_collections.ConfigDict) -> dict:
+    """A latent DiT sees the frozen VAE's latents: input_size = data.image_size / the VAE's
+    downsampling, in_channels = latent_channels(data.channels, vae.preset, vae.mode); both
+    follow vae.preset and vae.mode too."""
+    preset = c.vae.get_ref("preset")
+    return {
+        "input_size": derived(_latent_size, c.data.get_ref("image_size"), preset),
+        "in_channels": derived(
+            latent_channels, c.data.get_ref("channels"), preset, c.vae.get_ref("mode")
+        ),
+    }
+
+
+# -- the toy switch ----------------------------------------------------------------------------
+
+
+def apply_toy(c: ml_collections.ConfigDict, **model) -> ml_collections.ConfigDict:
+    """Shrinks an experiment config to its CPU-test size in place and returns it: 16 px
+    slices and 16^3 volumes of 4 small phantom cases, batch 2, one device, a small prompt
+    encoder, 10 training steps without preview samples, 10 steps for every counterfactual
+    method and the sampler, few evaluation items. The model's sizes follow the data (they are
+    derived); `model` sets model fields, e.g. a tiny preset: apply_toy(c, preset="tiny2d")."""
+    c.data.update(image_size=16, volume_size=16, crop_size=16, batch_size=2)
+    c.data.phantom.update(cases=4, size=32)
+    c.text.update(dim=32, depth=1, heads=2)
+    c.train.update(num_steps=10, log_every=1, checkpoint_every=10, sample_every=0, preview_count=2)
+    c.sampler.num_steps = 10
+    c.mesh.update(data=1, fsdp=1)
+    c.counterfactual.batch_size = 4
+    for name in registry.names():
+        if "num_steps" in c.counterfactual[name]:
+            c.counterfactual[name].num_steps = 10
+    c.eval.max_items = 8
+    c.model.update(model)
+    return c
+
+
 def language_wdm_config(dataset: str) -> ml_collections.ConfigDict:
     """Language-guided 3-D wavelet diffusion (Mohamed et al. 2025) on MS lesion load
     (minimal / moderate / high) or ADNI diagnosis (CN / MCI / AD): configs/wdm_ms.py and
@@ -140,10 +254,15 @@ def language_wdm_config(dataset: str) -> ml_collections.ConfigDict:
         balanced=True,
         prompt_max_len=16,
     )
-    c.model.update(
-        family="wdm", preset="wdm128_text", image_size=64, in_channels=8, context_dim=256
-    )
     c.text.update(encoder="trainable", dim=256, depth=2, heads=4)
+    # 128^3 volumes -> a 64^3 wavelet grid of 8 sub-bands; cross-attention to the prompt
+    # encoder's tokens.
+    c.model.update(
+        family="wdm",
+        preset="wdm128_text",
+        context_dim=follow(c.text, "dim"),
+        **wavelet_shape(c),
+    )
     c.diffusion.update(
         schedule="linear",
         prediction="x0",

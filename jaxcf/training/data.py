@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 
 from jaxcf.data import phantoms
 from jaxcf.data.pipeline import info, make_dataset
@@ -45,7 +46,15 @@ def ensure_data(data_config: Any, workdir: pathlib.Path) -> Any:
         cfg.prepared = str(workdir / "prepared" / f"{cfg.dataset}_{cfg.task}")
     if lead:
         prepare_from_config(cfg)
+    # Multi-host: the other processes read what process 0 wrote only after it is complete.
+    wait_for_lead("jaxcf.ensure_data")
     return cfg
+
+
+def wait_for_lead(name: str) -> None:
+    """A barrier across processes (a no-op in a single-process run)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def train_iterator(data_config: Any, *, seed: int):

@@ -6,11 +6,14 @@ train.checkpoint_every steps, at the end, and on SIGINT / SIGTERM (after the cur
 stops with TrainingDiverged, naming the step, when the loss turns NaN / inf (the last good
 checkpoint is never overwritten by a diverged state). Logs to workdir/metrics.jsonl and
 TensorBoard (workdir/tb), shows a tqdm bar, and writes preview samples to
-workdir/samples/step_XXXXXXX.png every train.sample_every steps.
+workdir/samples/step_XXXXXXX.png every train.sample_every steps. Frozen weights (task.frozen)
+are a separate argument of the step and are never checkpointed: the task reloads them from
+their own paths on every start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -22,15 +25,19 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from jaxcf import parallel
 from jaxcf.checkpoint import Checkpoints, abstract_like
+from jaxcf.data.pipeline import info as data_info
 from jaxcf.training import data as training_data
 from jaxcf.training.metrics import MetricWriter
 from jaxcf.training.optim import learning_rate, make_optimizer
+from jaxcf.training.spaces import check_vae
+from jaxcf.training.state import TrainState
 from jaxcf.training.step import init_state, make_train_step
-from jaxcf.training.tasks import check_vae, make_task
+from jaxcf.training.tasks import make_task
 from jaxcf.visualization import save_panel, to_uint8
 
 
@@ -89,6 +96,37 @@ def _preview_panel(images: np.ndarray, path: pathlib.Path) -> None:
     save_panel(rows, path)
 
 
+def restore_latest(checkpoints: Checkpoints, abstract: TrainState) -> tuple[TrainState, dict]:
+    """(state, data iterator state) of the latest checkpoint, restored into `abstract`.
+
+    A checkpoint written before frozen weights left the training state also holds a
+    `frozen` entry: its other entries are read (an Orbax partial restore) and that copy is
+    ignored; the task's own frozen weights are used, and the next save drops it."""
+    step = checkpoints.latest_step
+    saved = ocp.StandardCheckpointHandler().metadata(checkpoints.directory / str(step) / "state")
+    if "frozen" not in saved.keys():
+        state, data_state, _ = checkpoints.restore(abstract, step)
+        return state, data_state
+    # A manager that restored with other arguments cannot save any more: use a second one.
+    old = Checkpoints(checkpoints.directory.parent)
+    try:
+        fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+        state = TrainState(**old.restore_subtrees(fields, step))
+        args = ocp.args.Composite(data=ocp.args.JsonRestore())
+        data_state = dict(old.manager.restore(step, args=args).data or {})
+    finally:
+        old.close()
+    return state, data_state
+
+
+def _write_tokenizer(data_config: Any, workdir: pathlib.Path) -> None:
+    """workdir/tokenizer.json: the prepared data's prompt tokenizer (prompt datasets), so
+    inference tokenizes prompts as training did without the prepared shards."""
+    tokenizer = data_info(data_config).get("tokenizer")
+    if tokenizer:
+        (workdir / "tokenizer.json").write_text(json.dumps(tokenizer))
+
+
 def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     """Train config in workdir (created; resumed if it holds checkpoints). Returns a summary
     {step, loss, checkpoint_step, interrupted, seconds}."""
@@ -112,21 +150,25 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     state = init_state(task, optimizer)
     shardings = parallel.state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
+    # Frozen weights live outside the state and its checkpoints: the task loaded them from
+    # their own paths (vae.checkpoint, text.file), on a fresh start and on resume alike.
+    frozen = jax.device_put(task.frozen, parallel.state_shardings(task.frozen, mesh))
 
     checkpoints = Checkpoints(workdir, keep=train.keep_checkpoints)
     start = 0
     if checkpoints.latest_step is not None:
-        state, data_state, _ = checkpoints.restore(abstract_like(state, shardings))
+        state, data_state = restore_latest(checkpoints, abstract_like(state, shardings))
         iterator.set_state(data_state["iterator"])
         start = int(state.step)
         if lead:
             print(f"resuming from step {start} in {checkpoints.directory}", file=sys.stderr)
     if lead:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        _write_tokenizer(data_config, workdir)
 
     step_fn = jax.jit(
         make_train_step(task, optimizer, config.optim, train.seed),
-        donate_argnums=0,
+        donate_argnums=0,  # the state only: frozen weights are reused every step
         out_shardings=(shardings, None),
     )
     preview_fn = jax.jit(task.preview, static_argnums=4)
@@ -158,7 +200,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
         previous = None
         for step in range(start, train.num_steps):
             batch = parallel.global_batch(next(iterator), mesh)
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, frozen, batch)
             # At most one step in flight: the bar's rate is real, and a signal is served
             # after this step instead of after a queue of dispatched ones.
             jax.block_until_ready(previous)
@@ -188,7 +230,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
                 save(done)
             if train.sample_every and (done % train.sample_every == 0 or last) and lead:
                 images = preview_fn(
-                    state.ema, state.frozen, batch, jax.random.key(done), train.preview_count
+                    state.ema, frozen, batch, jax.random.key(done), train.preview_count
                 )
                 _preview_panel(jax.device_get(images), workdir / "samples" / f"step_{done:07d}.png")
             bar.update(1)

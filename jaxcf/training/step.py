@@ -1,4 +1,5 @@
-"""The pure training step: one jitted, buffer-donating update of the whole TrainState."""
+"""The pure training step: one jitted update of the whole TrainState (its buffers donated),
+with the task's frozen weights as a separate, undonated argument."""
 
 from __future__ import annotations
 
@@ -21,22 +22,23 @@ def init_state(task: Any, optimizer: optax.GradientTransformation) -> TrainState
         params=params,
         ema=jax.tree.map(jnp.copy, params),
         opt_state=optimizer.init(params),
-        frozen=task.frozen,
     )
 
 
 def make_train_step(
     task: Any, optimizer: optax.GradientTransformation, optim: Any, seed: int
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """train_step(state, batch) -> (state, metrics). The step's randomness is
-    fold_in(key(seed), step), so a resumed run draws exactly what an uninterrupted one
-    would."""
+) -> Callable[[TrainState, Any, dict], tuple[TrainState, dict]]:
+    """train_step(state, frozen, batch) -> (state, metrics). frozen: the task's frozen
+    weights (task.frozen; {} when none), a jit argument of their own: never donated (they
+    are reused every step) and never closed over (a VAE would be folded into the compiled
+    step as constants). The step's randomness is fold_in(key(seed), step), so a resumed run
+    draws exactly what an uninterrupted one would."""
     base = jax.random.key(seed)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, frozen: Any, batch: dict) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base, state.step)
         grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-        (loss, metrics), grads = grad_fn(state.params, state.frozen, batch, key)
+        (loss, metrics), grads = grad_fn(state.params, frozen, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = update_ema(state.ema, params, ema_decay(optim, state.step))

@@ -1,0 +1,195 @@
+"""Diffusion spaces: where the diffusion variable x0 lives relative to the data.
+
+    space, frozen = build_space(config, key)            # config.diffusion.space picks one
+    x0 = space.encode(frozen, images)                   # (B, ..., C) data -> x0
+    images = space.decode(frozen, x0)
+    sample(..., x0_transform=space.x0_transform)        # None where the range is unknown
+
+A space is a small object chosen ONCE by name (SPACES: name -> builder); builders return
+the space and the frozen weights it needs ({} when none), which the caller passes back
+as `frozen` (a jit argument, never a constant, never part of the training state):
+
+  "pixel"    images as they come; x0_transform static_clip (data in [-1, 1], as
+             guided-diffusion's clip_denoised).
+  "wavelet"  WDM (Friedrich et al. 2024): Haar sub-bands with LLL / 3; x0_transform
+             wavelet_clip (back to the image, clamp, forward again).
+  "latent"   a frozen AutoencoderKL (config.vae), loaded from vae.checkpoint each time the
+             task is built (training, resume, inference); frozen = {"vae": params}. RGB VAEs
+             encode four MRI modalities one at a time, replicated to three channels
+             (Shen et al. 2024). No x0_transform (latents have no fixed range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxcf import diffusion as D
+from jaxcf import models
+from jaxcf.models import vae as vae_models
+from jaxcf.models import wavelet
+
+Transform = Callable[[jax.Array], jax.Array] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelSpace:
+    """x0 = the data itself (pixel models trained on [-1, 1])."""
+
+    name: str = "pixel"
+
+    def encode(self, frozen: dict, images: jax.Array) -> jax.Array:
+        return images
+
+    def decode(self, frozen: dict, x0: jax.Array) -> jax.Array:
+        return x0
+
+    @property
+    def x0_transform(self) -> Transform:
+        return D.static_clip
+
+
+@dataclasses.dataclass(frozen=True)
+class WaveletSpace:
+    """x0 = WDM's scaled Haar coefficients: (B, h, w, 4C) / (B, d, h, w, 8C)."""
+
+    name: str = "wavelet"
+
+    def encode(self, frozen: dict, images: jax.Array) -> jax.Array:
+        return wavelet.to_wavelet(images)
+
+    def decode(self, frozen: dict, x0: jax.Array) -> jax.Array:
+        return wavelet.from_wavelet(x0)
+
+    @property
+    def x0_transform(self) -> Transform:
+        return wavelet.wavelet_clip
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpace:
+    """x0 = scaled VAE latents; the VAE's weights are frozen["vae"].
+
+    graphdef: the VAE's nnx graph; mode: "per_modality" (an RGB VAE, each modality
+    replicated to three channels) or "joint" (all channels at once)."""
+
+    graphdef: Any
+    mode: str
+    name: str = "latent"
+
+    def encode(self, frozen: dict, images: jax.Array) -> jax.Array:
+        vae = nnx.merge(self.graphdef, frozen["vae"])
+        if self.mode == "per_modality":
+            return vae_models.encode_modalities(vae, images)
+        return vae.encode_latents(images)
+
+    def decode(self, frozen: dict, x0: jax.Array) -> jax.Array:
+        vae = nnx.merge(self.graphdef, frozen["vae"])
+        if self.mode == "per_modality":
+            return vae_models.decode_modalities(vae, x0)
+        return vae.decode_latents(x0)
+
+    @property
+    def x0_transform(self) -> Transform:
+        return None
+
+
+Space = PixelSpace | WaveletSpace | LatentSpace
+
+
+def _pixel(config: Any, key: jax.Array, restoring: bool) -> tuple[Space, dict]:
+    return PixelSpace(), {}
+
+
+def _wavelet(config: Any, key: jax.Array, restoring: bool) -> tuple[Space, dict]:
+    return WaveletSpace(), {}
+
+
+def _latent(config: Any, key: jax.Array, restoring: bool) -> tuple[Space, dict]:
+    graphdef, params, mode = build_vae(config.vae, key, restoring)
+    return LatentSpace(graphdef, mode), {"vae": params}
+
+
+# name -> builder(config, key, restoring) -> (space, frozen weights it adds)
+SPACES: dict[str, Callable[[Any, jax.Array, bool], tuple[Space, dict]]] = {
+    "pixel": _pixel,
+    "wavelet": _wavelet,
+    "latent": _latent,
+}
+
+
+def build_space(config: Any, key: jax.Array, *, restoring: bool = False) -> tuple[Space, dict]:
+    """(space, frozen) for config.diffusion.space. key seeds networks built from scratch
+    (an untrained smoke-run VAE: the same key gives the same weights). restoring: see
+    build_vae."""
+    name = config.diffusion.space
+    if name not in SPACES:
+        raise ValueError(f"diffusion.space must be one of {sorted(SPACES)}, got {name!r}")
+    return SPACES[name](config, key, restoring)
+
+
+# -- the frozen autoencoder of latent models ---------------------------------------------------
+
+
+def check_vae(vae: Any) -> None:
+    """Refuse an empty vae.checkpoint (ValueError naming the fields) unless
+    vae.allow_untrained, then warn loudly. Called before any data work or training."""
+    if not vae.checkpoint:
+        if not vae.get("allow_untrained", False):
+            raise ValueError(
+                "vae.checkpoint is empty: the latent model would train on an untrained VAE "
+                "whose latents mean nothing; set vae.checkpoint=PATH (a diffusers "
+                "AutoencoderKL or a configs/vae_brats.py workdir) or "
+                "--config.vae.allow_untrained=True for a smoke run"
+            )
+        print(
+            "WARNING: vae.checkpoint is empty and vae.allow_untrained=True: the latent model "
+            "uses an untrained VAE whose latents mean nothing (smoke runs only)",
+            file=sys.stderr,
+        )
+
+
+def build_vae(vae: Any, key: jax.Array, restoring: bool = False):
+    """(graphdef, params, mode) of the frozen latent autoencoder: vae.checkpoint's weights,
+    or (empty checkpoint) the untrained VAE initialised from `key`, deterministic, so the
+    training run, its resumption and inference all rebuild the same weights from
+    train.seed. restoring: a trained diffusion model is being loaded (the run that trained
+    it already passed check_vae), so an empty vae.checkpoint is accepted without a word."""
+    if not restoring:
+        check_vae(vae)
+    module = models.build_module({"family": "vae", "preset": vae.preset}, key)
+    graphdef, params = nnx.split(module)
+    if vae.checkpoint:
+        params = load_vae_params(vae.checkpoint, params)
+    mode = vae.mode
+    if mode == "auto":
+        mode = "per_modality" if module.encoder.conv_in.in_features == 3 else "joint"
+    if mode not in ("per_modality", "joint"):
+        raise ValueError(f"vae.mode must be auto, per_modality or joint, got {vae.mode!r}")
+    return graphdef, params, mode
+
+
+def load_vae_params(path: str, params: nnx.State) -> nnx.State:
+    """A diffusers AutoencoderKL file / folder, or a jaxcf workdir trained with a vae config."""
+    from jaxcf.checkpoint import Checkpoints
+    from jaxcf.convert.diffusers_vae import load_vae_checkpoint
+
+    folder = pathlib.Path(path)
+    if (folder / "checkpoints").is_dir():
+        ckpt = Checkpoints(folder)
+        step = ckpt.latest_step
+        if step is None:
+            raise ValueError(f"vae.checkpoint: {folder} has no checkpoint yet")
+        item = ckpt.manager.restore(step)  # raw pytree restore: EMA parameters of the VAE
+        ema = item["state"]["ema"]["model"]
+        nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, ema))
+        ckpt.close()
+        return params
+    return load_vae_checkpoint(path, params)

@@ -16,6 +16,8 @@ from typing import Any
 from absl import flags
 from ml_collections import config_flags
 
+from jaxcf.errors import InputError
+
 PARSE_ERRORS = (
     flags.Error,
     AttributeError,
@@ -27,6 +29,11 @@ PARSE_ERRORS = (
 )
 HELP_FLAGS = ("--help", "-h", "-help", "--helpfull", "--helpshort")
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
+
+
+# What a user can cause, and so fix: one line on stderr and exit code 2. A ValueError
+# from anywhere else (numpy, jax, a bug of ours) is not bad input and keeps its traceback.
+USER_ERRORS = (InputError, FileNotFoundError)
 
 
 class UsageError(Exception):
@@ -263,6 +270,10 @@ def start(
         if debugging():
             raise
         return fail(prog, str(err), 2)
+    except USER_ERRORS as err:  # e.g. a derived config field that cannot be resolved
+        if debugging():
+            raise
+        return fail(prog, one_line(err), 2)
     from jaxcf.runtime import enable_compilation_cache
 
     enable_compilation_cache()
@@ -270,13 +281,12 @@ def start(
 
 
 def call(prog: str, action: Callable[[], Any]) -> tuple[int, Any]:
-    """(0, action()), or (exit code, None) after one line on stderr: 2 for bad input (a
-    data, value or missing-file error), 130 for Ctrl-C."""
-    from jaxcf.data.errors import DataError
-
+    """(0, action()), or (exit code, None) after one line on stderr: 2 for bad input (an
+    InputError, DataError included, or a missing file), 130 for Ctrl-C. Anything else is a
+    bug: it propagates with its traceback."""
     try:
         return 0, action()
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         if debugging():
             raise
         return fail(prog, one_line(err), 2), None

@@ -23,6 +23,8 @@ import pathlib
 import sys
 import time
 
+from jaxcf.errors import InputError
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.py"
 
@@ -51,7 +53,7 @@ def held_out_case(data_config) -> str:
     meta = info(data_config)
     tests = [c for c in meta["cases"] if c["split"] == "test" and c.get("label", 0)]
     if not tests:
-        raise ValueError("the test split has no case with a tumour")
+        raise InputError("the test split has no case with a tumour")
     return tests[0]["case_id"]
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from absl import flags
 
-    from jaxcf.data.errors import DataError
+    from jaxcf.cli import USER_ERRORS, fail, one_line
     from jaxcf.runtime import enable_compilation_cache
 
     flags.FLAGS.mark_as_parsed()  # grain reads absl flags
@@ -113,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         summary = run(args.workdir, args.steps, args.toy)
-    except (DataError, ValueError, FileNotFoundError) as err:
-        print(f"jaxcf.demo: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return fail("jaxcf.demo", one_line(err), 2)
     total = time.perf_counter() - started
     print()
     print(summary["table"])

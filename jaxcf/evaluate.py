@@ -16,6 +16,7 @@ import sys
 from absl import flags
 
 from jaxcf.cli import call, start
+from jaxcf.errors import InputError
 
 PROG = "jaxcf.evaluate"
 SPLITS = ("train", "val", "test")
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
         split = values.split or config.eval.split
         if split not in SPLITS:
-            raise ValueError(f"--split must be one of {SPLITS}, got {split!r}")
+            raise InputError(f"--split must be one of {SPLITS}, got {split!r}")
         segmentation.eval_methods(config)  # unknown names fail before any work
         workdir = workdir_of(values.checkpoint)
         saved_config(workdir)  # a jaxcf workdir, or a clear error before anything is created

@@ -31,6 +31,7 @@ from jaxcf.checkpoint import Checkpoints, abstract_like
 from jaxcf.counterfactual import registry
 from jaxcf.counterfactual.model import MethodModel
 from jaxcf.data.text import Tokenizer
+from jaxcf.errors import InputError
 from jaxcf.training.conditioners import Conditioner
 from jaxcf.training.tasks import DiffusionTask, make_task
 
@@ -55,7 +56,7 @@ def saved_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        raise InputError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
 def merge_network(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict):
@@ -176,12 +177,16 @@ class TrainedModel:
         def decode(weights, x0):
             return task.decode(weights["frozen"], x0)
 
+        def prepare_cond(weights, cond):
+            return task.prepare_cond(weights["params"], weights["frozen"], cond)
+
         return MethodModel(
             apply=apply,
             schedule=task.schedule,
             null_cond=task.null_cond if task.condition != "none" else None,
             encode=encode,
             decode=decode,
+            prepare_cond=prepare_cond,
             space=task.space,
             num_classes=task.num_classes if task.condition == "label" else 0,
             # The x0 estimate's transform where the data range is known (the space's).
@@ -207,7 +212,7 @@ def load_trained(
     config = trained_config if config is None else merge_network(config, trained_config)
     _add_method_defaults(config)
     if config.train.task != "diffusion":
-        raise ValueError(f"{workdir}: train.task is {config.train.task!r}, not a diffusion model")
+        raise InputError(f"{workdir}: train.task is {config.train.task!r}, not a diffusion model")
     checkpoints = Checkpoints(workdir)
     try:
         if checkpoints.latest_step is None:
@@ -219,7 +224,7 @@ def load_trained(
             restored = checkpoints.restore_subtrees(wanted, step)
         except (ValueError, KeyError, TypeError) as err:
             detail = " ".join(str(err).split())[:300]
-            raise ValueError(
+            raise InputError(
                 f"{checkpoints.directory}: the checkpoint's weights do not match the network "
                 f"of {workdir / 'config.json'} ({detail})"
             ) from None

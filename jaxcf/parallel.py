@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxcf.errors import InputError
+
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -41,13 +43,13 @@ def make_mesh(mesh_config: Any = None, devices=None) -> Mesh:
     data, fsdp = int(get("data", -1)), int(get("fsdp", 1))
     n = len(devices)
     if fsdp < 1 or (data != -1 and data < 1):
-        raise ValueError(f"mesh.data must be -1 or >= 1 and mesh.fsdp >= 1, got {data}, {fsdp}")
+        raise InputError(f"mesh.data must be -1 or >= 1 and mesh.fsdp >= 1, got {data}, {fsdp}")
     if data == -1:
         if n % fsdp:
-            raise ValueError(f"mesh.fsdp={fsdp} does not divide the {n} devices")
+            raise InputError(f"mesh.fsdp={fsdp} does not divide the {n} devices")
         data = n // fsdp
     if data * fsdp > n:
-        raise ValueError(f"mesh.data * mesh.fsdp = {data * fsdp}, but there are {n} devices")
+        raise InputError(f"mesh.data * mesh.fsdp = {data * fsdp}, but there are {n} devices")
     # Explicit sizes smaller than the machine use its first data * fsdp devices.
     return Mesh(np.asarray(devices[: data * fsdp]).reshape(data, fsdp), ("data", "fsdp"))
 

@@ -14,7 +14,7 @@ import sys
 
 from absl import flags
 
-from jaxcf.cli import debugging, fail, one_line, start
+from jaxcf.cli import USER_ERRORS, debugging, fail, one_line, start
 
 PROG = "jaxcf.train"
 
@@ -33,12 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     config, values = started
     debug = debugging()
 
-    from jaxcf.data.errors import DataError
     from jaxcf.training.loop import TrainingDiverged, train_and_evaluate
 
     try:
         summary = train_and_evaluate(config, values.workdir)
-    except (DataError, ValueError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         if debug:
             raise
         return fail(PROG, one_line(err), 2)

@@ -14,6 +14,7 @@ import pytest
 from jaxcf import cli
 from jaxcf import train as train_cli
 from jaxcf.data import make_phantom, prepare
+from jaxcf.errors import InputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = f"--config={REPO / 'configs' / 'quickstart.py'}"
@@ -206,3 +207,30 @@ def test_untrained_vae_allowed_with_one_loud_line(capsys):
     assert mode == "joint" and jax.tree.leaves(params)
     err = capsys.readouterr().err
     assert err.startswith("WARNING: vae.checkpoint is empty") and len(err.splitlines()) == 1
+
+
+def test_a_bug_is_not_bad_input(monkeypatch, tmp_path):
+    """Only InputError (and missing files) map to exit code 2; any other ValueError is a
+    bug and keeps its traceback."""
+    from jaxcf.counterfactual import __main__ as counterfactual_cli
+    from jaxcf.counterfactual import cases
+
+    def broken(path, flag):
+        raise ValueError("an internal shape mismatch")
+
+    monkeypatch.setattr(cases, "output_dir", broken)
+    argv = [
+        "counterfactual",
+        f"--config={REPO / 'configs' / 'quickstart.py'}",
+        f"--checkpoint={tmp_path}",
+        f"--input={tmp_path}",
+        f"--out={tmp_path / 'o'}",
+    ]
+    with pytest.raises(ValueError, match="internal shape mismatch"):
+        counterfactual_cli.main(argv)
+
+    def bad_input(path, flag):
+        raise InputError(f"{flag}: {path} is not writable")
+
+    monkeypatch.setattr(cases, "output_dir", bad_input)
+    assert counterfactual_cli.main(argv) == 2

@@ -38,6 +38,7 @@ from jaxcf.convert.common import (
     tree_get,
     tree_set,
 )
+from jaxcf.errors import InputError
 from jaxcf.models.dit import DiT, sincos_pos_embed_2d
 
 Layout = Literal["facebook", "diffusers"]
@@ -290,7 +291,7 @@ def load_dit_checkpoint(
     Returns the filled parameter state.
     """
     if layout is not None and layout not in FREQ_SHIFT:
-        raise ValueError(f"layout must be one of {sorted(FREQ_SHIFT)}, got {layout!r}")
+        raise InputError(f"layout must be one of {sorted(FREQ_SHIFT)}, got {layout!r}")
     path = resolve_checkpoint(path, DIFFUSERS_WEIGHT_FILES, subfolders=("transformer",))
     state = load_state_dict(path)
     layout = layout or detect_layout(state, str(path))

@@ -26,6 +26,7 @@ from jaxcf.diffusion.guidance import broadcast_null, classifier_free_guidance
 from jaxcf.diffusion.samplers import ModelFn, ddim_invert, ddim_sample
 from jaxcf.diffusion.schedules import Schedule
 from jaxcf.diffusion.transforms import dynamic_normalization
+from jaxcf.errors import InputError
 
 DiffSCMFn = Callable[[Any, jax.Array, Any, Any], dict[str, jax.Array]]
 MethodFn = Callable[[Any, dict, jax.Array], dict[str, jax.Array]]
@@ -38,15 +39,15 @@ def difference_map(x: jax.Array, x_cf: jax.Array) -> jax.Array:
 
 def _check(x: jax.Array, strength: float, guidance_scale: float) -> None:
     if x.ndim < 3:
-        raise ValueError(
+        raise InputError(
             f"x must be channels-last (B, ..., C) with >= 1 spatial axis, got {x.shape}"
         )
     if not 0.0 < strength <= 1.0:
-        raise ValueError(
+        raise InputError(
             f"strength (the encoding depth L / num_steps) must be in (0, 1], got {strength}"
         )
     if isinstance(guidance_scale, int | float) and guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        raise InputError(f"guidance_scale must be >= 0, got {guidance_scale}")
 
 
 def diffscm(
@@ -138,7 +139,7 @@ def make_diffscm(
     they are static), and it compiles once per input shape and pytree structure.
     """
     if not 0.0 < strength <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
+        raise InputError(f"strength must be in (0, 1], got {strength}")
 
     @jax.jit
     def counterfactual(
@@ -200,12 +201,12 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> MethodFn:
 
     def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
         x = batch["image"]
-        target = model.label_cond(target_label, x.shape[0])
+        target, null = model.conditions(weights, model.label_cond(target_label, x.shape[0]))
         out = diffscm(
             model.model_fn(weights),
             model.schedule,
             model.encode(weights, x),
-            null_cond=model.null_cond(target),
+            null_cond=null,
             target_cond=target,
             **options,
         )

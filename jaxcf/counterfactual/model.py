@@ -24,9 +24,10 @@ import jax.numpy as jnp
 
 from jaxcf.diffusion.samplers import ModelFn, Transform
 from jaxcf.diffusion.schedules import Schedule
+from jaxcf.errors import InputError
 
 Apply = Callable[..., jax.Array]  # apply(weights, x_t, t, cond, **kwargs) -> prediction
-Codec = Callable[[Any, jax.Array], jax.Array]  # codec(weights, array) -> array
+Codec = Callable[[Any, Any], Any]  # codec(weights, array or cond) -> array or cond
 
 
 def _identity(weights: Any, x: jax.Array) -> jax.Array:
@@ -51,6 +52,9 @@ class MethodModel:
     schedule: the schedule it was trained with (DDIM / DDPM methods need a discrete one).
     null_cond: cond -> the null condition for classifier-free guidance (None: unconditional).
     encode, decode: weights-taking maps between data space and the diffusion variable.
+    prepare_cond: prepare_cond(weights, cond) -> the condition encoded for the network
+      once (a prompt -> its text-encoder context), so samplers do not re-encode it at
+      every step; the identity for labels. Prepare null conditions the same way.
     space: "pixel" | "latent" | "wavelet" (how encode / decode relate pixels and x0).
     num_classes: label models' number of classes (0 otherwise).
     x0_transform: the x0 estimate's transform where the data range is known (pixel models
@@ -62,6 +66,7 @@ class MethodModel:
     null_cond: Callable[[Any], Any] | None = None
     encode: Codec = _identity
     decode: Codec = _identity
+    prepare_cond: Codec = _identity
     space: str = "pixel"
     num_classes: int = 0
     x0_transform: Transform = None
@@ -70,14 +75,20 @@ class MethodModel:
         """model_fn(x_t, t, cond) with the weights (and extra apply kwargs) bound."""
         return functools.partial(self.apply, weights, **kwargs)
 
+    def conditions(self, weights: Any, cond: Any) -> tuple[Any, Any]:
+        """(target, null) conditions for guidance, each prepared once for the network."""
+        null = self.null_cond(cond) if self.null_cond is not None else None
+        prepared_null = None if null is None else self.prepare_cond(weights, null)
+        return self.prepare_cond(weights, cond), prepared_null
+
     def label_cond(self, label: int, batch_size: int) -> dict:
         """{"label": (B,) int32} = label, for label-conditioned models."""
         if self.num_classes <= 0:
-            raise ValueError(
+            raise InputError(
                 "this method needs a label-conditioned model (diffusion.condition='label')"
             )
         if not 0 <= label < self.num_classes:
-            raise ValueError(
+            raise InputError(
                 f"target label {label} is not a class of this model (num_classes="
                 f"{self.num_classes})"
             )

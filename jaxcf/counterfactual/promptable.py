@@ -49,6 +49,7 @@ from jaxcf.diffusion.samplers import (
     strength_steps,
 )
 from jaxcf.diffusion.schedules import Schedule, respace
+from jaxcf.errors import InputError
 
 Codec = Callable[[jax.Array], jax.Array]
 PromptableFn = Callable[[Any, jax.Array, jax.Array, jax.Array, Any, Any], dict[str, jax.Array]]
@@ -64,11 +65,11 @@ def as_region(region: jax.Array, x: jax.Array) -> jax.Array:
     if region.ndim == x.ndim - 1:
         region = region[..., None]
     if region.ndim != x.ndim or region.shape[-1] != 1:
-        raise ValueError(
+        raise InputError(
             f"region must be (B, ..., 1) or (B, ...) matching images {x.shape}, got {region.shape}"
         )
     if region.shape[1:-1] != x.shape[1:-1] or region.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"region {region.shape} does not match images {x.shape}")
+        raise InputError(f"region {region.shape} does not match images {x.shape}")
     return jnp.broadcast_to(region.astype(jnp.float32), (*x.shape[:-1], 1))
 
 
@@ -84,12 +85,12 @@ def latent_region(region: jax.Array, latent_spatial_shape: Sequence[int]) -> jax
     b, *spatial, c = region.shape
     latent = tuple(int(s) for s in latent_spatial_shape)
     if c != 1 or len(latent) != len(spatial):
-        raise ValueError(
+        raise InputError(
             f"latent_region: region (B, *S, 1) with {len(latent)} spatial axes expected, "
             f"got {region.shape} for latent grid {latent}"
         )
     if any(s % lat for s, lat in zip(spatial, latent, strict=True)):
-        raise ValueError(f"latent grid {latent} does not divide the image grid {tuple(spatial)}")
+        raise InputError(f"latent grid {latent} does not divide the image grid {tuple(spatial)}")
     blocks = [d for s, lat in zip(spatial, latent, strict=True) for d in (lat, s // lat)]
     pooled_axes = tuple(2 + 2 * i for i in range(len(latent)))
     return jnp.max(region.reshape(b, *blocks, 1), axis=pooled_axes)
@@ -103,7 +104,7 @@ def mask_prompt_hook(
     x0: (B, ..., C) the clean input (pixels or latents); region: (B, ..., 1), 1 = regenerate.
     """
     if known not in KNOWN_MODES:
-        raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}")
+        raise InputError(f"known must be one of {KNOWN_MODES}, got {known!r}")
     region = as_region(region, x0)
 
     def after(x_next, x_t, t, t_next, key):
@@ -127,17 +128,17 @@ def _check_resample(resample: tuple[int, int] | None) -> None:
     if resample is None:
         return
     if len(resample) != 2 or min(resample) < 1:
-        raise ValueError(
+        raise InputError(
             f"resample must be None or (jump_length, jump_n_sample) >= 1, got {resample}"
         )
 
 
 def _check_start(schedule: Schedule, num_steps: int, start_strength: float) -> None:
     if not 0.0 < start_strength <= 1.0:
-        raise ValueError(f"start_strength must be in (0, 1], got {start_strength}")
+        raise InputError(f"start_strength must be in (0, 1], got {start_strength}")
     respace(schedule.num_timesteps, num_steps)  # validates num_steps
     if strength_steps(num_steps, start_strength) < 1:
-        raise ValueError(f"start_strength {start_strength} runs no step of {num_steps}")
+        raise InputError(f"start_strength {start_strength} runs no step of {num_steps}")
 
 
 def promptable_sample(
@@ -244,7 +245,7 @@ def promptable_counterfactual(
     Returns {"counterfactual": (B, ..., C), "heatmap": (B, ...) channel mean |x - cf|}.
     """
     if (encode is None) != (decode is None):
-        raise ValueError("pass both encode and decode (latent model) or neither (pixel model)")
+        raise InputError("pass both encode and decode (latent model) or neither (pixel model)")
     x = jnp.asarray(x, jnp.float32)
     region = as_region(region, x)
     if encode is None:
@@ -259,7 +260,7 @@ def promptable_counterfactual(
         )
         x_cf = jnp.asarray(decode(z_cf), jnp.float32)
         if x_cf.shape != x.shape:
-            raise ValueError(f"decode returned {x_cf.shape}, images are {x.shape}")
+            raise InputError(f"decode returned {x_cf.shape}, images are {x.shape}")
     if paste_known:
         x_cf = region * x_cf + (1.0 - region) * x
     return {"counterfactual": x_cf, "heatmap": difference_map(x, x_cf)}
@@ -288,7 +289,7 @@ def make_promptable(
     function, never constants folded into it; it compiles once per input shape.
     """
     if known not in KNOWN_MODES:
-        raise ValueError(f"known must be one of {KNOWN_MODES}, got {known!r}")
+        raise InputError(f"known must be one of {KNOWN_MODES}, got {known!r}")
     _check_resample(resample)
     options = dict(
         guidance_scale=guidance_scale,
@@ -464,7 +465,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
         resample = (int(cfg.resample_jump), int(cfg.resample_count))
     _check_resample(resample)
     if cfg.known not in KNOWN_MODES:
-        raise ValueError(f"counterfactual.promptable.known must be one of {KNOWN_MODES}")
+        raise InputError(f"counterfactual.promptable.known must be one of {KNOWN_MODES}")
     pixel = model.space == "pixel"
     options = dict(
         num_steps=int(cfg.num_steps),
@@ -477,7 +478,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
 
     def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
         x = batch["image"]
-        target = model.label_cond(target_label, x.shape[0])
+        target, null = model.conditions(weights, model.label_cond(target_label, x.shape[0]))
         codec = {}
         if not pixel:
             codec = dict(
@@ -491,7 +492,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
             batch["region"],
             key=key,
             cond=target,
-            null_cond=model.null_cond(target),
+            null_cond=null,
             **codec,
             **options,
         )

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from jaxcf.errors import InputError
 from jaxcf.evaluation.postprocess import foreground_mask
 
 REGIONS = ("box", "brain", "seg", "file")
@@ -55,7 +56,7 @@ def prompt_regions(
         region = brain
     elif kind in ("box", "seg"):
         if seg is None:
-            raise ValueError(
+            raise InputError(
                 f"counterfactual.promptable.region={kind!r} needs a tumour segmentation; this "
                 "case has none: use --mask=FILE (region=file) or region=brain"
             )
@@ -67,10 +68,10 @@ def prompt_regions(
         )
     elif kind == "file":
         if given is None:
-            raise ValueError("counterfactual.promptable.region='file' needs --mask=FILE")
+            raise InputError("counterfactual.promptable.region='file' needs --mask=FILE")
         region = np.asarray(given, bool)
     else:
-        raise ValueError(f"counterfactual.promptable.region must be one of {REGIONS}, got {kind!r}")
+        raise InputError(f"counterfactual.promptable.region must be one of {REGIONS}, got {kind!r}")
     return region & brain
 
 
@@ -97,7 +98,7 @@ def random_region(
     b, *spatial, _ = (int(s) for s in shape)
     lo, hi = radius_range
     if not 0.0 < lo <= hi:
-        raise ValueError(f"radius_range must satisfy 0 < lo <= hi, got {radius_range}")
+        raise InputError(f"radius_range must satisfy 0 < lo <= hi, got {radius_range}")
     if brain_mask is None:
         brain = jnp.ones((b, *spatial), bool)
     else:

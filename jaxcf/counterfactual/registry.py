@@ -22,6 +22,8 @@ from types import ModuleType
 
 import ml_collections
 
+from jaxcf.errors import InputError
+
 METHODS: dict[str, str] = {
     "diffscm": "jaxcf.counterfactual.diffscm",
     "promptable": "jaxcf.counterfactual.promptable",
@@ -37,7 +39,7 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> ModuleType:
     """The method module registered under `name` (ValueError listing the known names)."""
     if name not in METHODS:
-        raise ValueError(f"unknown counterfactual method {name!r}; known: {', '.join(METHODS)}")
+        raise InputError(f"unknown counterfactual method {name!r}; known: {', '.join(METHODS)}")
     module = importlib.import_module(METHODS[name])
     missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
     if missing:  # a programming error in the plug-in, not bad input

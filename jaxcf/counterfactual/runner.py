@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from jaxcf import parallel
 from jaxcf.counterfactual import registry
 from jaxcf.counterfactual.model import MethodModel
+from jaxcf.errors import InputError
 
 
 def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
@@ -80,7 +81,7 @@ class MethodRunner:
         batch = {k: np.asarray(v) for k, v in self.prepare(batch).items()}
         total = len(batch["image"])
         if total == 0:
-            raise ValueError(f"{self.name}: no images to run on")
+            raise InputError(f"{self.name}: no images to run on")
         outputs: dict[str, list[np.ndarray]] = {}
         base = jax.random.key(self.seed)
         bar = tqdm(

@@ -9,6 +9,8 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import config_dict as _config_dict
 
+from jaxcf.errors import InputError
+
 DATASETS = ("brats2021", "brats2023", "brats-peds", "ms", "adni", "cxr")
 TASKS = ("slices2d", "volumes", "seg3d", "cxr")
 # Which tasks make sense for which dataset (prepare refuses the others).
@@ -37,7 +39,7 @@ CHANNELS = {
 def channels_of(dataset: str) -> int:
     """The image channels of ``dataset`` (CHANNELS); ValueError naming the known datasets."""
     if dataset not in CHANNELS:
-        raise ValueError(f"data.dataset must be one of {', '.join(CHANNELS)}, got {dataset!r}")
+        raise InputError(f"data.dataset must be one of {', '.join(CHANNELS)}, got {dataset!r}")
     return CHANNELS[dataset]
 
 

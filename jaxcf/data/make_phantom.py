@@ -11,9 +11,9 @@ import argparse
 import sys
 
 from jaxcf.cli import ArgumentParser, debugging, fail, one_line, parse_args
-from jaxcf.data.errors import DataError
 from jaxcf.data.phantoms import KINDS, auto_workers, generate
 from jaxcf.data.phantoms.anatomy import ANATOMIES
+from jaxcf.errors import InputError
 
 PROG = "jaxcf.make_phantom"
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers or auto_workers(args.kind, args.cases, args.size),
             progress=not args.no_progress,
         )
-    except (DataError, ValueError, OSError) as error:
+    except (InputError, OSError) as error:
         if debugging():
             raise
         return fail(PROG, one_line(error), 2)

@@ -39,6 +39,7 @@ from jaxcf.data import sources, transforms
 from jaxcf.data.config import TASKS, TASKS_FOR
 from jaxcf.data.errors import DataError
 from jaxcf.data.text import Tokenizer, build_vocab
+from jaxcf.errors import InputError
 
 PROG = "jaxcf.prepare"
 FORMAT_VERSION = 1
@@ -472,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=a["workers"],
             **{k: a[k] for k in _OPTIONS},
         )
-    except DataError as e:
+    except InputError as e:  # DataError included
         if debugging():
             raise
         return fail(PROG, one_line(e), 2)

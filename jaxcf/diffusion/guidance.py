@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxcf.diffusion import process
 from jaxcf.diffusion.samplers import ModelFn
 from jaxcf.diffusion.schedules import Schedule
+from jaxcf.errors import InputError
 
 EnergyFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
@@ -29,7 +30,7 @@ def broadcast_null(null_cond: Any, cond: Any) -> Any:
             lambda n, c: jnp.broadcast_to(jnp.asarray(n, c.dtype), c.shape), null_cond, cond
         )
     except ValueError as err:
-        raise ValueError(
+        raise InputError(
             f"null_cond does not match the structure or shapes of cond: {err}"
         ) from None
 
@@ -125,7 +126,7 @@ def gradient_guidance(
         and differentiated through the denoiser (Chung et al. 2023, "DPS").
     """
     if on not in ("x_t", "x0"):
-        raise ValueError(f"on must be 'x_t' or 'x0', got {on!r}")
+        raise InputError(f"on must be 'x_t' or 'x0', got {on!r}")
 
     def guided(x_t: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
         if on == "x_t":

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from jaxcf.diffusion import guidance, likelihood, process
 from jaxcf.diffusion.schedules import Schedule, shift_time
+from jaxcf.errors import InputError
 
 Weighting = str | Callable[[jax.Array], jax.Array] | None
 
@@ -44,7 +45,7 @@ def sample_timesteps(
     elif distribution == "logit_normal":
         t = jax.nn.sigmoid(loc + scale * jax.random.normal(key, (batch,), jnp.float32))
     else:
-        raise ValueError(f"distribution must be 'uniform' or 'logit_normal', got {distribution!r}")
+        raise InputError(f"distribution must be 'uniform' or 'logit_normal', got {distribution!r}")
     return shift_time(t, schedule.shift)
 
 
@@ -72,7 +73,7 @@ def loss_weights(schedule: Schedule, t: jax.Array, weighting: Weighting = None) 
         return jnp.asarray(weighting(t), jnp.float32)
     name, _, arg = weighting.partition(":")
     if name != "min_snr":
-        raise ValueError(
+        raise InputError(
             f"weighting must be None, 'min_snr[:gamma]' or a callable, got {weighting!r}"
         )
     gamma = float(arg) if arg else 5.0
@@ -132,7 +133,7 @@ def diffusion_loss(
     Returns (scalar loss, metrics dict of scalars).
     """
     if cond_drop_prob > 0 and (cond is None or null_cond is None):
-        raise ValueError("cond_drop_prob > 0 needs both cond and null_cond")
+        raise InputError("cond_drop_prob > 0 needs both cond and null_cond")
     k_t, k_noise, k_drop = jax.random.split(key, 3)
     batch = x0.shape[0]
     x0 = x0.astype(jnp.float32)

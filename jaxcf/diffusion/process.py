@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcf.diffusion.schedules import Schedule
+from jaxcf.errors import InputError
 
 _TINY = 1e-12
 
@@ -54,13 +55,13 @@ def split_output(schedule: Schedule, out: jax.Array, x: jax.Array):
     channels = x.shape[-1]
     if schedule.variance == "learned_range":
         if out.shape[-1] != 2 * channels:
-            raise ValueError(
+            raise InputError(
                 f"variance='learned_range' needs {2 * channels} output channels, "
                 f"got {out.shape[-1]}"
             )
         return out[..., :channels], out[..., channels:]
     if out.shape != x.shape:
-        raise ValueError(f"denoiser output shape {out.shape} differs from sample shape {x.shape}")
+        raise InputError(f"denoiser output shape {out.shape} differs from sample shape {x.shape}")
     return out, None
 
 
@@ -81,7 +82,7 @@ def predict_x0_eps(
         # x_t = alpha x0 + sigma eps and u = eps - x0 solve to these for any (alpha, sigma).
         norm = alpha + sigma
         return (x_t - sigma * pred) / norm, (x_t + alpha * pred) / norm
-    raise ValueError(f"unknown prediction type {kind!r}")
+    raise InputError(f"unknown prediction type {kind!r}")
 
 
 def prediction_from(schedule: Schedule, x0: jax.Array, eps: jax.Array, t: jax.Array) -> jax.Array:
@@ -96,7 +97,7 @@ def prediction_from(schedule: Schedule, x0: jax.Array, eps: jax.Array, t: jax.Ar
     if kind == "v":
         alpha, sigma = coefficients(schedule, t, x0)
         return alpha * eps - sigma * x0
-    raise ValueError(f"unknown prediction type {kind!r}")
+    raise InputError(f"unknown prediction type {kind!r}")
 
 
 def eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
@@ -193,6 +194,6 @@ def model_log_variance(
         # guided-diffusion uses the posterior variance at the final step (beta_0 is tiny anyway).
         return jnp.where(expand(s, x) < 0, min_log, max_log)
     if var_values is None:
-        raise ValueError("variance='learned_range' needs the model's variance channels")
+        raise InputError("variance='learned_range' needs the model's variance channels")
     frac = (var_values.astype(jnp.float32) + 1.0) / 2.0
     return frac * max_log + (1.0 - frac) * min_log

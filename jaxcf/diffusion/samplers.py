@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxcf.diffusion import process
 from jaxcf.diffusion.schedules import Schedule, flow_times, repaint_schedule, respace
+from jaxcf.errors import InputError
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 Transform = Callable[[jax.Array], jax.Array] | None
@@ -45,13 +46,13 @@ def step_noise(key: jax.Array, i: int | jax.Array, shape, dtype=jnp.float32) -> 
 def _require(schedule: Schedule, flow: bool, name: str) -> None:
     if schedule.is_flow != flow:
         wanted = "a rectified-flow" if flow else "a discrete (linear / cosine / ...)"
-        raise ValueError(f"{name} needs {wanted} schedule, got kind={schedule.kind!r}")
+        raise InputError(f"{name} needs {wanted} schedule, got kind={schedule.kind!r}")
 
 
 def strength_steps(num_steps: int, strength: float) -> int:
     """How many of `num_steps` respaced steps a partial trajectory of `strength` covers."""
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {strength}")
+        raise InputError(f"strength must be in [0, 1], got {strength}")
     return round(strength * num_steps)
 
 
@@ -313,7 +314,7 @@ def ddim_invert(
     """
     _require(schedule, False, "ddim_invert")
     if model_time not in ("current", "target"):
-        raise ValueError(f"model_time must be 'current' or 'target', got {model_time!r}")
+        raise InputError(f"model_time must be 'current' or 'target', got {model_time!r}")
     ts = respace(schedule.num_timesteps, num_steps, spacing)
     ascending = _last_steps(ts, num_steps, strength)[::-1]
     t_from = np.concatenate([[-1], ascending[:-1]]).astype(np.int32)
@@ -404,7 +405,7 @@ def dpm_solver_pp(
     """
     _require(schedule, False, "dpm_solver_pp")
     if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order}")
+        raise InputError(f"order must be 1 or 2, got {order}")
     ts = dpm_solver_timesteps(schedule.num_timesteps, num_steps, spacing)
     ts = _last_steps(ts, num_steps, strength)
     prev_step = np.concatenate([ts[:1], ts[:-1]]).astype(np.int32)
@@ -443,7 +444,7 @@ def flow_velocity(
 
 def _check_solver(solver: str) -> None:
     if solver not in ("euler", "heun"):
-        raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}")
+        raise InputError(f"solver must be 'euler' or 'heun', got {solver!r}")
 
 
 def flow_sample(

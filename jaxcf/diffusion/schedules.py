@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxcf.errors import InputError
+
 PREDICTIONS = ("eps", "x0", "v", "flow")
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -57,7 +59,7 @@ class Schedule:
     def alpha_bar(self, t: jax.Array) -> jax.Array:
         """abar_t for integer t (any shape); t < 0 means the clean data (abar = 1)."""
         if self.is_flow:
-            raise ValueError("alpha_bar is defined for discrete schedules only")
+            raise InputError("alpha_bar is defined for discrete schedules only")
         t = jnp.asarray(t)
         abar = self.alphas_cumprod[jnp.clip(t, 0, self.num_timesteps - 1)]
         return jnp.where(t < 0, jnp.float32(1.0), abar)
@@ -85,15 +87,15 @@ class Schedule:
 
 def _check(prediction: str, variance: str, kind: str) -> None:
     if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        raise InputError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
     if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        raise InputError(f"variance must be one of {VARIANCES}, got {variance!r}")
     if kind == "flow" and prediction == "v":
-        raise ValueError(
+        raise InputError(
             "v-prediction assumes alpha^2 + sigma^2 = 1; use 'flow' with flow schedules"
         )
     if kind == "discrete" and prediction == "flow":
-        raise ValueError("prediction 'flow' needs a rectified-flow schedule (rectified_flow())")
+        raise InputError("prediction 'flow' needs a rectified-flow schedule (rectified_flow())")
 
 
 def from_betas(
@@ -102,7 +104,7 @@ def from_betas(
     """Discrete schedule from a (T,) array of betas (cumulative product taken in float64)."""
     betas = np.asarray(betas, np.float64)
     if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
-        raise ValueError("betas must be a 1-D array with values in (0, 1)")
+        raise InputError("betas must be a 1-D array with values in (0, 1)")
     _check(prediction, variance, "discrete")
     abar = np.cumprod(1.0 - betas)
     return Schedule(
@@ -180,7 +182,7 @@ def rectified_flow(
     """
     _check(prediction, "fixed_small", "flow")
     if shift <= 0:
-        raise ValueError(f"shift must be > 0, got {shift}")
+        raise InputError(f"shift must be > 0, got {shift}")
     return Schedule(
         betas=None,
         alphas_cumprod=None,
@@ -220,9 +222,9 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> np.ndarray:
         for stride in range(1, num_timesteps):
             if len(range(0, num_timesteps, stride)) == wanted:
                 return np.arange(0, num_timesteps, stride, dtype=np.int64)
-        raise ValueError(f"cannot make exactly {wanted} DDIM steps from {num_timesteps}")
+        raise InputError(f"cannot make exactly {wanted} DDIM steps from {num_timesteps}")
     if not re.fullmatch(r"\d+(,\d+)*", text):
-        raise ValueError(
+        raise InputError(
             f"spacing {section_counts!r} is not one of {SPACINGS}, 'ddimN' "
             "or a list like '10,10,20'"
         )
@@ -232,7 +234,7 @@ def space_timesteps(num_timesteps: int, section_counts: str) -> np.ndarray:
     for i, count in enumerate(counts):
         size = base + (1 if i < extra else 0)
         if count > size:
-            raise ValueError(f"section {i} has {size} steps, cannot take {count}")
+            raise InputError(f"section {i} has {size} steps, cannot take {count}")
         stride = (size - 1) / (count - 1) if count > 1 else 1.0
         picked += [start + round(k * stride) for k in range(count)]
         start += size
@@ -249,7 +251,7 @@ def respace(
     step count must equal `num_steps`.
     """
     if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
+        raise InputError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
     if spacing == "leading":
         ratio = num_timesteps // num_steps
         steps = np.arange(num_steps, dtype=np.int64)[::-1] * ratio + steps_offset
@@ -261,11 +263,11 @@ def respace(
     else:
         steps = space_timesteps(num_timesteps, spacing)[::-1]
         if len(steps) != num_steps:
-            raise ValueError(
+            raise InputError(
                 f"spacing {spacing!r} gives {len(steps)} steps but num_steps={num_steps}"
             )
     if steps.max() >= num_timesteps or steps.min() < 0:
-        raise ValueError(f"respaced timesteps fall outside [0, {num_timesteps})")
+        raise InputError(f"respaced timesteps fall outside [0, {num_timesteps})")
     return steps.astype(np.int32)
 
 
@@ -282,7 +284,7 @@ def flow_times(num_steps: int, shift: float = 1.0, spacing: str = "uniform") -> 
     if spacing == "diffusers":
         grid = shift_time(np.linspace(1.0, 1.0 / 1000, num_steps), shift)
         return np.concatenate([grid, [0.0]]).astype(np.float32)
-    raise ValueError(f"flow spacing must be 'uniform' or 'diffusers', got {spacing!r}")
+    raise InputError(f"flow spacing must be 'uniform' or 'diffusers', got {spacing!r}")
 
 
 def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int = 10) -> np.ndarray:
@@ -295,7 +297,7 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, jump_n_sample: int =
     `jump_length` steps. RePaint's defaults are 250 steps, jump length 10, 10 resamplings.
     """
     if jump_length < 1 or jump_n_sample < 1:
-        raise ValueError("jump_length and jump_n_sample must be >= 1")
+        raise InputError("jump_length and jump_n_sample must be >= 1")
     jumps_left = dict.fromkeys(range(0, num_steps - jump_length, jump_length), jump_n_sample - 1)
     trajectory, j = [], num_steps
     while j > 0:

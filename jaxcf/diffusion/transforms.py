@@ -11,10 +11,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxcf.errors import InputError
+
 
 def _check_quantile(quantile: float) -> None:
     if not 0.0 < quantile <= 1.0:
-        raise ValueError(
+        raise InputError(
             f"quantile must be a fraction in (0, 1], got {quantile} (for the 99.5th percentile "
             "pass 0.995)"
         )

@@ -27,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcf.data.pipeline import make_dataset
+from jaxcf.errors import InputError
 from jaxcf.evaluation.metrics import (
     StreamingAUPRC,
     case_metrics,
@@ -65,7 +66,7 @@ def slice_batches(data_config: Any, split: str, slices: str, max_items: int) -> 
     """Batches {image (B, S, S, C), seg (B, S, S), label (B,)} of the split, padding rows
     removed, filtered to tumour slices when slices == "tumour", at most max_items rows."""
     if slices not in ("tumour", "all"):
-        raise ValueError(f"eval.slices must be 'tumour' or 'all', got {slices!r}")
+        raise InputError(f"eval.slices must be 'tumour' or 'all', got {slices!r}")
     seen = 0
     for batch in make_dataset(data_config, split, seed=0, train=False, drop_remainder=False):
         keep = np.asarray(batch["valid"], bool)

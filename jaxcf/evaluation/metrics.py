@@ -14,13 +14,15 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxcf.errors import InputError
+
 # ---------------------------------------------------------------- per-case overlap scores
 
 
 def _confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     if pred.shape != truth.shape:
-        raise ValueError(
+        raise InputError(
             f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}"
         )
     tp = int(np.count_nonzero(pred & truth))
@@ -91,9 +93,9 @@ class StreamingAUPRC:
 
     def __init__(self, lo: float, hi: float, num_bins: int = 10_000) -> None:
         if not hi > lo:
-            raise ValueError(f"score range must have hi > lo, got [{lo}, {hi}]")
+            raise InputError(f"score range must have hi > lo, got [{lo}, {hi}]")
         if num_bins < 1:
-            raise ValueError(f"num_bins must be >= 1, got {num_bins}")
+            raise InputError(f"num_bins must be >= 1, got {num_bins}")
         self.lo, self.hi, self.num_bins = float(lo), float(hi), int(num_bins)
         self.pos = np.zeros(self.num_bins, np.int64)
         self.neg = np.zeros(self.num_bins, np.int64)
@@ -111,15 +113,15 @@ class StreamingAUPRC:
         (e.g. the brain) of pixels to count. Shapes must be equal."""
         scores, truth = np.asarray(scores, np.float64), np.asarray(truth, bool)
         if scores.shape != truth.shape:
-            raise ValueError(f"scores {scores.shape} and truth {truth.shape} differ in shape")
+            raise InputError(f"scores {scores.shape} and truth {truth.shape} differ in shape")
         if valid is not None:
             valid = np.asarray(valid, bool)
             if valid.shape != scores.shape:
-                raise ValueError(f"valid {valid.shape} and scores {scores.shape} differ in shape")
+                raise InputError(f"valid {valid.shape} and scores {scores.shape} differ in shape")
             scores, truth = scores[valid], truth[valid]
         scores, truth = scores.ravel(), truth.ravel()
         if np.isnan(scores).any():
-            raise ValueError("scores contain NaN")
+            raise InputError("scores contain NaN")
         self.n_clipped += int(np.count_nonzero((scores < self.lo) | (scores > self.hi)))
         width = (self.hi - self.lo) / self.num_bins
         idx = np.clip(np.floor((scores - self.lo) / width), 0, self.num_bins - 1).astype(np.int64)
@@ -129,7 +131,7 @@ class StreamingAUPRC:
     def merge(self, other: StreamingAUPRC) -> None:
         """Add another accumulator's counts (e.g. from another host); same range and bins."""
         if (other.lo, other.hi, other.num_bins) != (self.lo, self.hi, self.num_bins):
-            raise ValueError("cannot merge accumulators with different ranges or bin counts")
+            raise InputError("cannot merge accumulators with different ranges or bin counts")
         self.pos += other.pos
         self.neg += other.neg
         self.n_clipped += other.n_clipped
@@ -177,7 +179,7 @@ def flair_scores(image: np.ndarray, flair_channel: int = 3) -> np.ndarray:
     # FLAIR intensity ranks pixels; feed it to StreamingAUPRC like any heatmap.
     image = np.asarray(image)
     if image.ndim < 1 or not -image.shape[-1] <= flair_channel < image.shape[-1]:
-        raise ValueError(f"flair_channel {flair_channel} out of range for shape {image.shape}")
+        raise InputError(f"flair_channel {flair_channel} out of range for shape {image.shape}")
     return image[..., flair_channel].astype(np.float32)
 
 

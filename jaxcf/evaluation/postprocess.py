@@ -21,6 +21,8 @@ import numpy as np
 from scipy import ndimage
 from skimage import exposure, filters
 
+from jaxcf.errors import InputError
+
 VoteRule = Literal["paper", "script"]
 
 # Decision thresholds of the two vote rules: (threshold, inclusive).
@@ -31,22 +33,22 @@ _EPS = 1e-9  # slack for float sums of weights such as 0.1 + 0.2
 def _as_finite(a: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or inf values")
+        raise InputError(f"{name} contains NaN or inf values")
     return a
 
 
 def _check_pair(x: np.ndarray, cf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x, cf = _as_finite(x, "x"), _as_finite(cf, "cf")
     if x.shape != cf.shape:
-        raise ValueError(f"x and cf must have the same shape, got {x.shape} and {cf.shape}")
+        raise InputError(f"x and cf must have the same shape, got {x.shape} and {cf.shape}")
     if x.ndim < 3:
-        raise ValueError(f"expected channels-last (H, W, C) or (X, Y, Z, C), got shape {x.shape}")
+        raise InputError(f"expected channels-last (H, W, C) or (X, Y, Z, C), got shape {x.shape}")
     return x, cf
 
 
 def _structure(ndim: int, connectivity: int) -> np.ndarray:
     if not 1 <= connectivity <= ndim:
-        raise ValueError(f"connectivity must be in [1, {ndim}], got {connectivity}")
+        raise InputError(f"connectivity must be in [1, {ndim}], got {connectivity}")
     return ndimage.generate_binary_structure(ndim, connectivity)
 
 
@@ -74,14 +76,14 @@ def match_histograms(cf: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = 
     # false positives are what the largest-component steps later remove.
     cf, ref = _as_finite(cf, "cf"), _as_finite(ref, "ref")
     if cf.shape != ref.shape:
-        raise ValueError(f"cf and ref must have the same shape, got {cf.shape} and {ref.shape}")
+        raise InputError(f"cf and ref must have the same shape, got {cf.shape} and {ref.shape}")
     if mask is None:
         return exposure.match_histograms(
             cf.astype(np.float64), ref.astype(np.float64), channel_axis=-1
         )
     mask = np.asarray(mask, bool)
     if mask.shape != cf.shape[:-1]:
-        raise ValueError(f"mask shape {mask.shape} does not match image shape {cf.shape[:-1]}")
+        raise InputError(f"mask shape {mask.shape} does not match image shape {cf.shape[:-1]}")
     out = cf.astype(np.float64, copy=True)
     if not mask.any():
         return out
@@ -116,7 +118,7 @@ def difference_map(
     x, cf = _check_pair(x, cf)
     lo, hi = value_range
     if not hi > lo:
-        raise ValueError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
+        raise InputError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
     d = (x.astype(np.float64) - cf.astype(np.float64)) * (scale / (hi - lo))
     return np.clip(np.rint(np.abs(alpha * d + beta)), 0, 255).astype(np.uint8)
 
@@ -133,7 +135,7 @@ def otsu_mask(diff: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     if mask is not None:
         mask = np.asarray(mask, bool)
         if mask.shape != diff.shape[:-1]:
-            raise ValueError(f"mask shape {mask.shape} does not match {diff.shape[:-1]}")
+            raise InputError(f"mask shape {mask.shape} does not match {diff.shape[:-1]}")
     out = np.zeros(diff.shape, bool)
     for c in range(diff.shape[-1]):
         channel = diff[..., c]
@@ -204,13 +206,13 @@ def vote(
     """
     if rule is not None:
         if rule not in _RULES:
-            raise ValueError(f"rule must be one of {sorted(_RULES)}, got {rule!r}")
+            raise InputError(f"rule must be one of {sorted(_RULES)}, got {rule!r}")
         threshold, inclusive = _RULES[rule]
     m = masks if isinstance(masks, np.ndarray) else np.stack([np.asarray(a) for a in masks], -1)
     m = _as_finite(m, "masks").astype(np.float64)
     w = np.asarray(weights, np.float64)
     if w.ndim > 1 or (w.ndim == 1 and w.shape[0] != m.shape[-1]):
-        raise ValueError(f"weights must be a scalar or {m.shape[-1]} values, got shape {w.shape}")
+        raise InputError(f"weights must be a scalar or {m.shape[-1]} values, got shape {w.shape}")
     score = m @ np.broadcast_to(w, m.shape[-1:])
     return score >= threshold - _EPS if inclusive else score > threshold + _EPS
 
@@ -240,7 +242,7 @@ def segment_from_counterfactual(
     if brain_mask is not None:
         brain_mask = np.asarray(brain_mask, bool)
         if brain_mask.shape != x.shape[:-1]:
-            raise ValueError(f"brain_mask shape {brain_mask.shape} != image {x.shape[:-1]}")
+            raise InputError(f"brain_mask shape {brain_mask.shape} != image {x.shape[:-1]}")
     if histogram_match:
         cf = match_histograms(cf, x, brain_mask)
     per_modality = otsu_mask(difference_map(x, cf, value_range=value_range), brain_mask)
@@ -262,5 +264,5 @@ def heatmap(x: np.ndarray, cf: np.ndarray) -> np.ndarray:
     """
     x, cf = np.asarray(x), np.asarray(cf)
     if x.shape != cf.shape:
-        raise ValueError(f"x and cf must have the same shape, got {x.shape} and {cf.shape}")
+        raise InputError(f"x and cf must have the same shape, got {x.shape} and {cf.shape}")
     return np.mean(np.abs(x.astype(np.float32) - cf.astype(np.float32)), axis=-1)

@@ -21,6 +21,7 @@ from jaxcf.counterfactual import cases, registry
 from jaxcf.counterfactual.prompts import brain_masks
 from jaxcf.counterfactual.runner import MethodRunner
 from jaxcf.data import transforms
+from jaxcf.errors import InputError
 from jaxcf.evaluation import benchmark, postprocess
 from jaxcf.evaluation.metrics import case_metrics
 
@@ -138,7 +139,7 @@ def eval_methods(config: Any) -> list[str]:
     methods = [m.strip() for m in str(config.eval.methods).split(",") if m.strip()]
     unknown = sorted(set(methods) - set(registry.names()))
     if unknown:
-        raise ValueError(f"eval.methods: unknown {unknown}; known: {list(registry.names())}")
+        raise InputError(f"eval.methods: unknown {unknown}; known: {list(registry.names())}")
     return methods
 
 
@@ -153,7 +154,7 @@ def evaluate(
     config = trained.config
     methods = eval_methods(config)
     if config.data.task != "slices2d":
-        raise ValueError(f"evaluation runs on 2-D BraTS slices; data.task is {config.data.task!r}")
+        raise InputError(f"evaluation runs on 2-D BraTS slices; data.task is {config.data.task!r}")
     data_config = ensure_data(config.data, workdir)
     bins = int(config.eval.num_bins)
     vote = str(config.counterfactual.vote)

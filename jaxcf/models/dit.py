@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcf.errors import InputError
 from jaxcf.models import init
 from jaxcf.models.layers import (
     AdaLNZeroBlock,
@@ -55,7 +56,7 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> np.ndarray:
     Computed in float64 like the reference, then rounded to float32. Read-only.
     """
     if dim % 4:
-        raise ValueError(f"hidden size {dim} must be a multiple of 4 for the 2-D sin-cos embedding")
+        raise InputError(f"hidden size {dim} must be a multiple of 4 for the 2-D sin-cos embedding")
     quarter = dim // 4
     omega = 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)
     rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
@@ -131,9 +132,9 @@ class DiT(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not a multiple of patch {patch_size}")
+            raise InputError(f"input_size {input_size} is not a multiple of patch {patch_size}")
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} does not split into {num_heads} heads")
+            raise InputError(f"hidden_size {hidden_size} does not split into {num_heads} heads")
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.hidden_size, self.num_classes, self.context_dim = hidden_size, num_classes, context_dim
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -178,10 +179,10 @@ class DiT(nnx.Module):
         label = cond.get("label")
         if self.y_embed is None:
             if label is not None:
-                raise ValueError("cond['label'] given to an unconditional DiT (num_classes=0)")
+                raise InputError("cond['label'] given to an unconditional DiT (num_classes=0)")
             return c
         if label is None:
-            raise ValueError(
+            raise InputError(
                 f"this DiT is class-conditional: give cond['label'] (B,) int32 in "
                 f"[0, {self.num_classes}], {self.num_classes} being the null label"
             )
@@ -206,14 +207,14 @@ class DiT(nnx.Module):
         del rngs
         b, h, w, ch = x.shape
         if (h, w, ch) != (self.input_size, self.input_size, self.in_channels):
-            raise ValueError(
+            raise InputError(
                 f"DiT expects latents (B, {self.input_size}, {self.input_size}, "
                 f"{self.in_channels}), got {x.shape}"
             )
         cond = cond or {}
         context, context_mask = cond.get("context"), cond.get("context_mask")
         if context is not None and not self.context_dim:
-            raise ValueError("cond['context'] given to a DiT without cross-attention (context_dim)")
+            raise InputError("cond['context'] given to a DiT without cross-attention (context_dim)")
         c = self._conditioning(t, cond, b)
         if self.dtype is not None:
             x = x.astype(self.dtype)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcf.errors import InputError
 from jaxcf.models import init
 
 Dtype = Any
@@ -208,7 +209,7 @@ class Downsample(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if not use_conv and cin != cout:
-            raise ValueError("pooling cannot change the channel count")
+            raise InputError("pooling cannot change the channel count")
         self.op = (
             conv(spatial_dims, cin, cout, 3, stride=2, padding=1, dtype=dtype, rngs=rngs)
             if use_conv
@@ -233,7 +234,7 @@ class Upsample(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if not use_conv and cin != cout:
-            raise ValueError("nearest upsampling cannot change the channel count")
+            raise InputError("nearest upsampling cannot change the channel count")
         self.op = conv(spatial_dims, cin, cout, 3, dtype=dtype, rngs=rngs) if use_conv else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -414,10 +415,10 @@ class SpatialAttention(nnx.Module):
     ):
         if head_channels:
             if channels % head_channels:
-                raise ValueError(f"{channels} channels do not split into heads of {head_channels}")
+                raise InputError(f"{channels} channels do not split into heads of {head_channels}")
             heads = channels // head_channels
         if channels % heads:
-            raise ValueError(f"{channels} channels do not split into {heads} heads")
+            raise InputError(f"{channels} channels do not split into {heads} heads")
         self.heads, self.name = heads, name
         lin = lambda i, o, **kw: linear(i, o, dtype=dtype, rngs=rngs, **kw)
         self.norm = GroupNorm(channels, groups, rngs=rngs) if self_attention else None
@@ -459,7 +460,7 @@ class SpatialAttention(nnx.Module):
             mask = None
             if self.context_kv is not None:
                 if kv_context is None:
-                    raise ValueError(f"{self.name}: attention conditioning needs context tokens")
+                    raise InputError(f"{self.name}: attention conditioning needs context tokens")
                 ck, cv = jnp.split(self.context_kv(kv_context.astype(tokens.dtype)), 2, axis=-1)
                 k, v = jnp.concatenate([k, ck], 1), jnp.concatenate([v, cv], 1)
                 if kv_mask is not None:
@@ -501,7 +502,7 @@ class CrossAttention(nnx.Module):
 
     def __call__(self, x, context, context_mask=None, control=None):
         if context is None:
-            raise ValueError(f"{self.name}: cross-attention needs context tokens (cond['context'])")
+            raise InputError(f"{self.name}: cross-attention needs context tokens (cond['context'])")
         tokens = self.norm(x).reshape(x.shape[0], -1, x.shape[-1])
         q = _heads(self.q(tokens), self.heads)
         k, v = (
@@ -582,7 +583,7 @@ class AdaLNZeroBlock(nnx.Module):
         x = x + gate1[:, None] * self.proj(out.reshape(x.shape))
         if self.cross is not None:
             if context is None:
-                raise ValueError(
+                raise InputError(
                     f"{self.name}: cross-attention needs context tokens (cond['context'])"
                 )
             hq = _heads(

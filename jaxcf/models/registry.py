@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcf.errors import InputError
+
 # family -> (module, class name); imported lazily so that building a UNet does not import
 # the DiT or VAE code.
 FAMILIES = {
@@ -53,7 +55,7 @@ def presets(family: str) -> dict[str, dict]:
 
 def _family(family: str) -> tuple[str, str]:
     if family not in FAMILIES:
-        raise ValueError(f"model.family must be one of {sorted(FAMILIES)}, got {family!r}")
+        raise InputError(f"model.family must be one of {sorted(FAMILIES)}, got {family!r}")
     return FAMILIES[family]
 
 
@@ -62,13 +64,13 @@ def model_kwargs(model_config: Any) -> tuple[str, dict]:
     config = _as_dict(model_config)
     family = config.get("family")
     if family is None:
-        raise ValueError("model.family is missing (one of: " + ", ".join(sorted(FAMILIES)) + ")")
+        raise InputError("model.family is missing (one of: " + ", ".join(sorted(FAMILIES)) + ")")
     kwargs: dict = {}
     preset = config.get("preset")
     if preset:
         table = presets(family)
         if preset not in table:
-            raise ValueError(
+            raise InputError(
                 f"model.preset {preset!r} is not a {family} preset; choose from {sorted(table)}"
             )
         kwargs.update(table[preset])
@@ -76,7 +78,7 @@ def model_kwargs(model_config: Any) -> tuple[str, dict]:
     dtype = kwargs.get("dtype", "float32")
     if isinstance(dtype, str):
         if dtype not in _DTYPES:
-            raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+            raise InputError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         kwargs["dtype"] = _DTYPES[dtype]
     for key, value in kwargs.items():
         if isinstance(value, list):
@@ -92,7 +94,7 @@ def build_module(model_config: Any, key: jax.Array) -> nnx.Module:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "rngs"}
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"model config for {family!r}: unknown field(s) {unknown}; "
             f"{class_name} takes {sorted(accepted)}"
         )
@@ -151,7 +153,7 @@ class DenoiserApply(_ModelApply):
         rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
         if control is None:
             if return_attention:
-                raise ValueError("return_attention needs a control that asks for maps")
+                raise InputError("return_attention needs a control that asks for maps")
             return model(x, t, cond, rngs=rngs)
         # Layers record maps with Module.sow, which nnx.capture collects.
         forward = nnx.capture(lambda m: m(x, t, cond, rngs=rngs, control=control), nnx.Intermediate)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcf.errors import InputError
 from jaxcf.models import init
 from jaxcf.models.layers import AttentionEdit, attention, context_key_mask, linear
 
@@ -61,7 +62,7 @@ class PromptEncoder(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if dim % heads:
-            raise ValueError(f"text.dim={dim} does not split into text.heads={heads}")
+            raise InputError(f"text.dim={dim} does not split into text.heads={heads}")
         self.embed = nnx.Embed(vocab_size, dim, embedding_init=init.normal(0.02), rngs=rngs)
         self.pos = nnx.Param(init.normal(0.02)(rngs.params(), (max_len, dim)))
         self.blocks = nnx.List(
@@ -90,7 +91,7 @@ class PrecomputedText(nnx.Module):
         with np.load(path) as data:
             missing = {"prompt_ids", "embeddings", "mask"} - set(data.files)
             if missing:
-                raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+                raise InputError(f"{path}: missing arrays {sorted(missing)}")
             self.table = nnx.Variable(jnp.asarray(data["prompt_ids"], jnp.int32))
             self.embeddings = nnx.Variable(jnp.asarray(data["embeddings"], jnp.float32))
             self.mask = nnx.Variable(jnp.asarray(data["mask"], bool))

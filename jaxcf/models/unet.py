@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcf.errors import InputError
 from jaxcf.models import layers as L
 
 
@@ -87,11 +88,11 @@ class UNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+            raise InputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if class_attention and not num_classes:
-            raise ValueError("class_attention needs num_classes > 0")
+            raise InputError("class_attention needs num_classes > 0")
         if cross_attention_resolutions and not context_dim:
-            raise ValueError("cross_attention_resolutions need context_dim (the text token width)")
+            raise InputError("cross_attention_resolutions need context_dim (the text token width)")
         out_channels = out_channels or in_channels * (2 if learn_sigma else 1)
         self.dtype, self.remat, self.additive_skips = dtype, remat, additive_skips
         self.class_attention = class_attention
@@ -223,12 +224,12 @@ class UNet(nnx.Module):
         """Validate shapes and conditions (one clear error each); returns t as (B,)."""
         spatial = "D, H, W" if self.spatial_dims == 3 else "H, W"
         if x.ndim != self.spatial_dims + 2 or x.shape[-1] != self.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"this {self.spatial_dims}-D UNet expects x of shape (B, {spatial}, "
                 f"{self.in_channels}), got {x.shape}"
             )
         if any(n % self.size_multiple for n in x.shape[1:-1]):
-            raise ValueError(
+            raise InputError(
                 f"spatial sizes {x.shape[1:-1]} must be multiples of {self.size_multiple} "
                 "(2 ** (levels - 1) for the downsamplings)"
             )
@@ -236,16 +237,16 @@ class UNet(nnx.Module):
         if t.ndim == 0:
             t = jnp.full((x.shape[0],), t)
         if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or ({x.shape[0]},), got shape {t.shape}")
+            raise InputError(f"t must be a scalar or ({x.shape[0]},), got shape {t.shape}")
         if "label" in cond and self.label_embed is None:
-            raise ValueError(
+            raise InputError(
                 "cond['label'] given to an unconditional UNet (num_classes=0): the label would "
                 "be ignored and guidance would do nothing"
             )
         if self.label_embed is not None and "label" not in cond:
-            raise ValueError("this UNet is class-conditional: pass cond={'label': (B,) int32}")
+            raise InputError("this UNet is class-conditional: pass cond={'label': (B,) int32}")
         if cond.get("context") is not None and not self.has_cross:
-            raise ValueError(
+            raise InputError(
                 "cond['context'] given to a UNet without cross-attention "
                 "(set context_dim and cross_attention_resolutions)"
             )
@@ -293,8 +294,9 @@ class UNet(nnx.Module):
 
 
 # Diff-SCM on BraTS 2021 at 64 px (paper 001, Sec. 4, and its reference code): 64 ch,
-# mult 1,2,3,4, 2 res blocks, 1 head, attention at 32/16/8, dropout 0.1, AdaGN, resblock up/down, labels healthy (0) / tumour (1)
-# with null row 2, attention conditioning, fixed variance.
+# mult 1,2,3,4, 2 res blocks, 1 head, attention at 32/16/8, dropout 0.1, AdaGN, resblock
+# up/down, labels healthy (0) / tumour (1) with null row 2, attention conditioning, fixed
+# variance.
 _DIFFSCM = dict(
     spatial_dims=2,
     image_size=64,

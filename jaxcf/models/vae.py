@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxcf.errors import InputError
 from jaxcf.models.layers import GroupNorm, ResBlock, Upsample, attention, conv, linear
 
 Dtype = Any
@@ -257,9 +258,9 @@ class AutoencoderKL(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+            raise InputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         if not block_out_channels or layers_per_block < 1:
-            raise ValueError("block_out_channels must be non-empty and layers_per_block >= 1")
+            raise InputError("block_out_channels must be non-empty and layers_per_block >= 1")
         ch = tuple(int(c) for c in block_out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.latent_channels, self.spatial_dims = latent_channels, spatial_dims
@@ -278,9 +279,9 @@ class AutoencoderKL(nnx.Module):
     def _check(self, x: jax.Array, channels: int, what: str, factor: int) -> None:
         if x.ndim != self.spatial_dims + 2 or x.shape[-1] != channels:
             want = "(B, " + "D, " * (self.spatial_dims == 3) + f"H, W, {channels})"
-            raise ValueError(f"{what}: expected shape {want}, got {tuple(x.shape)}")
+            raise InputError(f"{what}: expected shape {want}, got {tuple(x.shape)}")
         if any(s % factor for s in x.shape[1:-1]):
-            raise ValueError(
+            raise InputError(
                 f"{what}: spatial sizes {tuple(x.shape[1:-1])} must be divisible by {factor}"
             )
 
@@ -333,7 +334,7 @@ def from_preset(name: str, *, rngs: nnx.Rngs, **overrides: Any) -> AutoencoderKL
     """AutoencoderKL(**PRESETS[name], **overrides), e.g. from_preset("sd", dtype=jnp.bfloat16,
     rngs=nnx.Rngs(0))."""
     if name not in PRESETS:
-        raise ValueError(f"unknown VAE preset {name!r}; choose from {sorted(PRESETS)}")
+        raise InputError(f"unknown VAE preset {name!r}; choose from {sorted(PRESETS)}")
     return AutoencoderKL(**{**PRESETS[name], **overrides}, rngs=rngs)
 
 
@@ -342,7 +343,7 @@ def from_preset(name: str, *, rngs: nnx.Rngs, **overrides: Any) -> AutoencoderKL
 
 def _key(rngs: nnx.Rngs | jax.Array | None) -> jax.Array:
     if rngs is None:
-        raise ValueError("sample=True needs rngs (an nnx.Rngs or a PRNG key)")
+        raise InputError("sample=True needs rngs (an nnx.Rngs or a PRNG key)")
     return rngs.sample() if isinstance(rngs, nnx.Rngs) else rngs
 
 
@@ -396,7 +397,7 @@ def decode_modalities(vae: AutoencoderKL, z: jax.Array) -> jax.Array:
     b, *spatial, c = z.shape
     lc = vae.latent_channels
     if c % lc:
-        raise ValueError(f"decode_modalities: {c} channels is not a multiple of {lc}")
+        raise InputError(f"decode_modalities: {c} channels is not a multiple of {lc}")
     m = c // lc
     per = jnp.moveaxis(z.reshape(b, *spatial, m, lc), -2, 1).reshape(b * m, *spatial, lc)
     img = jnp.mean(vae.decode_latents(per), axis=-1)  # (B * M, *S)

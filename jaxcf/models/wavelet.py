@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcf.errors import InputError
+
 __all__ = ["band_names", "dwt", "from_wavelet", "idwt", "to_wavelet", "wavelet_clip"]
 
 _AXIS_NAMES = {2: ("H", "W"), 3: ("D", "H", "W")}
@@ -41,14 +43,14 @@ def band_names(spatial_dims: int) -> list[str]:
     channels [i * C, (i + 1) * C) of the transformed array.
     """
     if spatial_dims not in _AXIS_NAMES:
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        raise InputError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
     return ["".join(p) for p in itertools.product("LH", repeat=spatial_dims)]
 
 
 def _spatial_dims(ndim: int, what: str) -> int:
     # (B, H, W, C) -> 2, (B, D, H, W, C) -> 3; anything else is a caller error.
     if ndim not in (4, 5):
-        raise ValueError(
+        raise InputError(
             f"{what}: expected a channels-last (B, H, W, C) or (B, D, H, W, C) array, "
             f"got {ndim} dims"
         )
@@ -66,7 +68,7 @@ def _as_float(x: jax.Array) -> jax.Array:
 def _channels_per_band(total: int, d: int, what: str) -> int:
     bands = 2**d
     if total % bands:
-        raise ValueError(
+        raise InputError(
             f"{what}: a {d}-D Haar coefficient array needs a multiple of {bands} channels "
             f"({bands} sub-bands per image channel), got {total}"
         )
@@ -107,7 +109,7 @@ def dwt(x: jax.Array) -> jax.Array:
     batch, *spatial, channels = x.shape
     for k, (name, n) in enumerate(zip(_AXIS_NAMES[d], spatial, strict=True)):
         if n % 2:
-            raise ValueError(
+            raise InputError(
                 f"dwt: spatial axis {name} (array axis {k + 1}) has odd size {n}; the Haar "
                 "DWT halves every spatial axis, so pad or crop it to an even size first"
             )
@@ -162,7 +164,7 @@ def idwt(coeffs: jax.Array) -> jax.Array:
 def _band0_divisor(total: int, channels: int, lll_scale: float, dtype) -> jax.Array:
     """(total,) divisor: lll_scale on band 0's `channels` channels, exactly 1 elsewhere."""
     if isinstance(lll_scale, int | float) and not lll_scale > 0:
-        raise ValueError(f"lll_scale must be positive, got {lll_scale}")
+        raise InputError(f"lll_scale must be positive, got {lll_scale}")
     is_band0 = jnp.arange(total) < channels
     return jnp.where(is_band0, jnp.asarray(lll_scale, dtype), jnp.ones((), dtype))
 

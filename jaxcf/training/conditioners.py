@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxcf.data.text import BOS, SPECIALS
+from jaxcf.errors import InputError
 from jaxcf.models import text as text_models
 
 BOS_ID = SPECIALS.index(BOS)  # the null prompt's only token
@@ -93,7 +94,7 @@ class PromptConditioner:
 
     def null_cond(self, cond: dict) -> dict:
         if "prompt_ids" not in cond:
-            raise ValueError(
+            raise InputError(
                 "null_cond needs the raw prompt condition (prompt_ids, prompt_mask), not an "
                 "encoded one: encode null_cond(raw) with prepare_cond as well"
             )
@@ -140,7 +141,7 @@ def _none(config: Any, key: jax.Array, num_classes: int) -> Built:
 
 def _label(config: Any, key: jax.Array, num_classes: int) -> Built:
     if not num_classes:
-        raise ValueError("diffusion.condition='label' needs model.num_classes > 0")
+        raise InputError("diffusion.condition='label' needs model.num_classes > 0")
     return LabelConditioner(num_classes), {}, {}
 
 
@@ -156,7 +157,7 @@ def _prompt(config: Any, key: jax.Array, num_classes: int) -> Built:
 
 def _image(config: Any, key: jax.Array, num_classes: int) -> Built:
     if config.diffusion.get("target", "image") == "image":
-        raise ValueError(
+        raise InputError(
             "diffusion.condition='image' conditions on the image, so diffusion.target must "
             "name another batch field (e.g. 'seg')"
         )
@@ -177,7 +178,7 @@ def build_conditioner(config: Any, key: jax.Array, *, num_classes: int = 0) -> B
     denoiser's (label models)."""
     name = config.diffusion.condition
     if name not in CONDITIONERS:
-        raise ValueError(f"diffusion.condition must be one of {sorted(CONDITIONERS)}, got {name!r}")
+        raise InputError(f"diffusion.condition must be one of {sorted(CONDITIONERS)}, got {name!r}")
     return CONDITIONERS[name](config, key, num_classes)
 
 
@@ -197,11 +198,11 @@ def build_text(text: Any, key: jax.Array) -> tuple[TextApply, nnx.State, bool]:
         from_file = False
     elif text.encoder == "file":
         if not text.file or not pathlib.Path(text.file).is_file():
-            raise ValueError(f"text.file: no embeddings file at {text.file!r}")
+            raise InputError(f"text.file: no embeddings file at {text.file!r}")
         module = text_models.PrecomputedText(text.file)
         from_file = True
     else:
-        raise ValueError(f"text.encoder must be 'trainable' or 'file', got {text.encoder!r}")
+        raise InputError(f"text.encoder must be 'trainable' or 'file', got {text.encoder!r}")
     graphdef, state = nnx.split(module)
 
     def apply(state, ids, mask):

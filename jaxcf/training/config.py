@@ -21,6 +21,7 @@ import ml_collections
 
 from jaxcf.counterfactual import registry
 from jaxcf.data.config import default_data_config, derived, follow
+from jaxcf.errors import InputError
 
 TOY = "toy"
 
@@ -32,7 +33,7 @@ def is_toy(arg: str | None) -> bool:
         return False
     if arg == TOY:
         return True
-    raise ValueError(
+    raise InputError(
         f"unknown config argument {arg!r}: allowed are none (--config=configs/NAME.py, the "
         f"experiment as published) and {TOY!r} (--config=configs/NAME.py:{TOY}, its CPU-test "
         "size)"
@@ -80,7 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
             "variance": "fixed_small",  # fixed_small | fixed_large | learned_range
             "shift": 1.0,  # rectified-flow time shift
             "space": "pixel",  # pixel | wavelet | latent
-            "condition": "label",  # none | label | prompt
+            "condition": "label",  # none | label | prompt | image (the image as condition)
+            "target": "image",  # the batch entry diffused (e.g. seg: a segmentation model)
             "cond_drop_prob": 0.1,  # classifier-free guidance training
             "weighting": "",  # "" | min_snr | min_snr:<gamma>
             "t_distribution": "uniform",  # uniform | logit_normal (flow)
@@ -170,7 +172,7 @@ def _vae_preset(name: str) -> dict:
     from jaxcf.models.vae import PRESETS
 
     if name not in PRESETS:
-        raise ValueError(f"vae.preset {name!r} is not a VAE preset; choose from {sorted(PRESETS)}")
+        raise InputError(f"vae.preset {name!r} is not a VAE preset; choose from {sorted(PRESETS)}")
     return PRESETS[name]
 
 
@@ -187,7 +189,7 @@ def latent_channels(channels: int, preset: str, mode: str) -> int:
     if mode == "auto":
         mode = "per_modality" if vae["in_channels"] == 3 else "joint"
     if mode not in ("per_modality", "joint"):
-        raise ValueError(f"vae.mode must be auto, per_modality or joint, got {mode!r}")
+        raise InputError(f"vae.mode must be auto, per_modality or joint, got {mode!r}")
     return vae["latent_channels"] * (channels if mode == "per_modality" else 1)
 
 

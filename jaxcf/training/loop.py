@@ -190,7 +190,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
         tqdm(
             total=train.num_steps,
             initial=start,
-            desc="train",
+            desc="train (compiling the step)" if start < train.num_steps else "train",
             unit="step",
             disable=not lead,
             dynamic_ncols=True,
@@ -204,6 +204,9 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
             # At most one step in flight: the bar's rate is real, and a signal is served
             # after this step instead of after a queue of dispatched ones.
             jax.block_until_ready(previous)
+            if step == start:  # the first step includes compiling it (tens of seconds)
+                jax.block_until_ready(metrics)
+                bar.set_description("train")
             previous = metrics
             done, window_steps = step + 1, window_steps + 1
             # Read the flag once: a signal arriving later in this iteration is handled after

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxcf.errors import InputError
+
 
 def learning_rate(optim: Any, num_steps: int) -> optax.Schedule:
     """Linear warmup to optim.lr over optim.warmup_steps, then "constant" or "cosine" decay
@@ -19,7 +21,7 @@ def learning_rate(optim: Any, num_steps: int) -> optax.Schedule:
         decay_steps = max(num_steps - warmup, 1)
         after = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio)
     else:
-        raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {optim.schedule!r}")
+        raise InputError(f"optim.schedule must be 'constant' or 'cosine', got {optim.schedule!r}")
     if warmup <= 0:
         return after
     ramp = optax.linear_schedule(0.0, optim.lr, warmup)
@@ -30,7 +32,7 @@ def make_optimizer(optim: Any, num_steps: int) -> optax.GradientTransformation:
     """Gradient-norm clipping (optim.grad_clip; 0 disables) then AdamW with decoupled
     weight decay (Loshchilov & Hutter 2019), as the papers' training recipes."""
     if optim.name != "adamw":
-        raise ValueError(f"optim.name must be 'adamw', got {optim.name!r}")
+        raise InputError(f"optim.name must be 'adamw', got {optim.name!r}")
     parts = []
     if optim.grad_clip and optim.grad_clip > 0:
         parts.append(optax.clip_by_global_norm(optim.grad_clip))

@@ -33,6 +33,7 @@ from flax import nnx
 
 from jaxcf import diffusion as D
 from jaxcf import models
+from jaxcf.errors import InputError
 from jaxcf.models import vae as vae_models
 from jaxcf.models import wavelet
 
@@ -131,7 +132,7 @@ def build_space(config: Any, key: jax.Array, *, restoring: bool = False) -> tupl
     build_vae."""
     name = config.diffusion.space
     if name not in SPACES:
-        raise ValueError(f"diffusion.space must be one of {sorted(SPACES)}, got {name!r}")
+        raise InputError(f"diffusion.space must be one of {sorted(SPACES)}, got {name!r}")
     return SPACES[name](config, key, restoring)
 
 
@@ -143,7 +144,7 @@ def check_vae(vae: Any) -> None:
     vae.allow_untrained, then warn loudly. Called before any data work or training."""
     if not vae.checkpoint:
         if not vae.get("allow_untrained", False):
-            raise ValueError(
+            raise InputError(
                 "vae.checkpoint is empty: the latent model would train on an untrained VAE "
                 "whose latents mean nothing; set vae.checkpoint=PATH (a diffusers "
                 "AutoencoderKL or a configs/vae_brats.py workdir) or "
@@ -172,7 +173,7 @@ def build_vae(vae: Any, key: jax.Array, restoring: bool = False):
     if mode == "auto":
         mode = "per_modality" if module.encoder.conv_in.in_features == 3 else "joint"
     if mode not in ("per_modality", "joint"):
-        raise ValueError(f"vae.mode must be auto, per_modality or joint, got {vae.mode!r}")
+        raise InputError(f"vae.mode must be auto, per_modality or joint, got {vae.mode!r}")
     return graphdef, params, mode
 
 
@@ -186,7 +187,7 @@ def load_vae_params(path: str, params: nnx.State) -> nnx.State:
         ckpt = Checkpoints(folder)
         step = ckpt.latest_step
         if step is None:
-            raise ValueError(f"vae.checkpoint: {folder} has no checkpoint yet")
+            raise InputError(f"vae.checkpoint: {folder} has no checkpoint yet")
         item = ckpt.manager.restore(step)  # raw pytree restore: EMA parameters of the VAE
         ema = item["state"]["ema"]["model"]
         nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, ema))

@@ -42,6 +42,7 @@ import numpy as np
 
 from jaxcf import diffusion as D
 from jaxcf import models
+from jaxcf.errors import InputError
 from jaxcf.models import vae as vae_models
 from jaxcf.training.conditioners import BOS_ID, build_conditioner
 from jaxcf.training.spaces import build_space, build_vae, check_vae, load_vae_params
@@ -67,7 +68,7 @@ def make_schedule(diffusion: Any) -> D.Schedule:
         return D.rectified_flow(diffusion.num_timesteps, shift=diffusion.shift, **common)
     makers = {"linear": D.linear, "cosine": D.cosine, "scaled_linear": D.scaled_linear}
     if kind not in makers:
-        raise ValueError(
+        raise InputError(
             f"diffusion.schedule must be one of {[*makers, 'rectified_flow']}, got {kind!r}"
         )
     return makers[kind](diffusion.num_timesteps, variance=diffusion.variance, **common)
@@ -95,7 +96,7 @@ class DiffusionTask:
             config, k_text, num_classes=self.num_classes
         )
         if self.target != "image" and self.space == "latent":
-            raise ValueError(
+            raise InputError(
                 f"diffusion.target={self.target!r} needs diffusion.space pixel or wavelet "
                 "(the VAE of latent models encodes images)"
             )
@@ -133,7 +134,7 @@ class DiffusionTask:
         """The data-space field that is diffused: batch[diffusion.target] as float32 with a
         channel axis (a (B, H, W) uint8 segmentation becomes (B, H, W, 1) float32)."""
         if self.target not in batch:
-            raise ValueError(
+            raise InputError(
                 f"diffusion.target={self.target!r}: the batch has no such field "
                 f"(it has {sorted(batch)})"
             )
@@ -255,5 +256,5 @@ def make_task(config: Any, key: jax.Array, *, restoring: bool = False):
     restored from a checkpoint (inference); see DiffusionTask."""
     kind = config.train.task
     if kind not in TASKS:
-        raise ValueError(f"train.task must be 'diffusion' or 'vae', got {kind!r}")
+        raise InputError(f"train.task must be 'diffusion' or 'vae', got {kind!r}")
     return TASKS[kind](config, key, restoring)

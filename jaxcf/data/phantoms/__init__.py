@@ -22,6 +22,7 @@ from jaxcf.data.errors import DataError
 from jaxcf.data.phantoms import brain, cxr_dataset
 from jaxcf.data.phantoms.anatomy import ANATOMIES
 from jaxcf.data.phantoms.grid import MIN_SIZE, make_grid
+from jaxcf.errors import InputError
 
 KINDS = ("brats2021", "brats2023", "brats-peds", "ms", "adni", "cxr")
 # Most cases each layout's ids can name (5-digit BraTS, 3-digit MS, 4-digit ADNI subjects).
@@ -88,21 +89,21 @@ def _validate(kind, cases, size, seed, tumour_free_fraction, anatomy, workers) -
         raise DataError(f"unknown dataset kind {kind!r}; known kinds: {', '.join(KINDS)}")
     for name, value in (("cases", cases), ("size", size), ("seed", seed)):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise InputError(f"{name} must be an integer, got {value!r}")
     if not 1 <= cases <= MAX_CASES[kind]:
-        raise ValueError(f"cases must be in [1, {MAX_CASES[kind]}] for {kind}, got {cases}")
+        raise InputError(f"cases must be in [1, {MAX_CASES[kind]}] for {kind}, got {cases}")
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
+        raise InputError(f"size must be >= {MIN_SIZE}, got {size}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise InputError(f"seed must be >= 0, got {seed}")
     if not 0.0 <= tumour_free_fraction <= 1.0:
-        raise ValueError(f"tumour_free_fraction must be in [0, 1], got {tumour_free_fraction}")
+        raise InputError(f"tumour_free_fraction must be in [0, 1], got {tumour_free_fraction}")
     if anatomy not in ANATOMIES:
-        raise ValueError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {anatomy!r}")
+        raise InputError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {anatomy!r}")
     if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        raise InputError(f"workers must be an integer >= 1, got {workers!r}")
     if anatomy != "procedural" and kind == "cxr":
-        raise ValueError(f"anatomy {anatomy!r} applies to brain kinds, not cxr")
+        raise InputError(f"anatomy {anatomy!r} applies to brain kinds, not cxr")
 
 
 def _prepare_root(root: pathlib.Path, kind: str, overwrite: bool) -> None:

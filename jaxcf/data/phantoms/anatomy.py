@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from jaxcf.errors import InputError
+
 BG, CSF, GM, WM, DEEP_GM, HIPPOCAMPUS, VENTRICLE, CHOROID = range(8)
 NUM_TISSUES = 8
 TISSUE_NAMES = ("background", "csf", "gm", "wm", "deep_gm", "hippocampus", "ventricle", "choroid")
@@ -327,4 +329,4 @@ def get_anatomy(name: str, voxel_mm: float = 1.0) -> Anatomy:
         from jaxcf.data.phantoms.mni152 import MNI152Anatomy
 
         return MNI152Anatomy(voxel_mm)
-    raise ValueError(f"anatomy must be one of {ANATOMIES}, got {name!r}")
+    raise InputError(f"anatomy must be one of {ANATOMIES}, got {name!r}")

@@ -20,6 +20,7 @@ from jaxcf.data.phantoms.files import write_csv, write_nifti
 from jaxcf.data.phantoms.grid import Grid, make_grid, pool, pool_mode, supersample_factor
 from jaxcf.data.phantoms.jobs import run_cases
 from jaxcf.data.phantoms.seeding import case_rngs, dataset_rng, healthy_cases
+from jaxcf.errors import InputError
 
 BRATS_KINDS = ("brats2021", "brats2023", "brats-peds")
 CANONICAL_MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -221,7 +222,7 @@ def adni_case(
     """Render ADNI subject `index` (T1 only) with atrophy for `diagnosis` (CN / MCI / AD);
     info holds diagnosis, age, sex and the atrophy severity."""
     if diagnosis not in lesions.ADNI_DIAGNOSES:
-        raise ValueError(f"diagnosis must be one of {lesions.ADNI_DIAGNOSES}, got {diagnosis!r}")
+        raise InputError(f"diagnosis must be one of {lesions.ADNI_DIAGNOSES}, got {diagnosis!r}")
     grid = make_grid(size)
     rngs = case_rngs(seed, "adni", index)
     source = get_anatomy(anatomy, min(grid.spacing) / supersample_factor(size))

@@ -12,6 +12,8 @@ import itertools
 
 import numpy as np
 
+from jaxcf.errors import InputError
+
 FIELD_OF_VIEW_MM = (240.0, 240.0, 155.0)
 MIN_SIZE = 16
 
@@ -59,7 +61,7 @@ class Grid:
 def make_grid(size: int) -> Grid:
     """Grid for `--size size`: (size, size, round(size * 155 / 240)) voxels over 240x240x155 mm."""
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE}, got {size}")
+        raise InputError(f"size must be >= {MIN_SIZE}, got {size}")
     depth = round(size * FIELD_OF_VIEW_MM[2] / FIELD_OF_VIEW_MM[0])
     spacing = (
         FIELD_OF_VIEW_MM[0] / size,

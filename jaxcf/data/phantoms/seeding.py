@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxcf.errors import InputError
+
 KIND_IDS = {"brats2021": 1, "brats2023": 2, "brats-peds": 3, "ms": 4, "adni": 5, "cxr": 6}
 STREAMS = ("anatomy", "pathology", "contrast", "noise", "ids")
 
@@ -30,7 +32,7 @@ def healthy_cases(count: int, fraction: float, seed: int, kind: str) -> frozense
     """Exactly round-half-up(fraction * count) case indices, chosen at random, to be healthy
     (tumour-free BraTS cases, normal radiographs)."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"tumour_free_fraction must be in [0, 1], got {fraction}")
+        raise InputError(f"tumour_free_fraction must be in [0, 1], got {fraction}")
     chosen = int(np.floor(fraction * count + 0.5))
     order = dataset_rng(seed, kind, 1).permutation(count)
     return frozenset(int(i) for i in order[:chosen])

@@ -23,7 +23,13 @@ import ml_collections
 
 from jaxcf.counterfactual.model import MethodModel
 from jaxcf.diffusion.guidance import broadcast_null, classifier_free_guidance
-from jaxcf.diffusion.samplers import ModelFn, ddim_invert, ddim_sample
+from jaxcf.diffusion.samplers import (
+    ModelFn,
+    ddim_invert,
+    ddim_sample,
+    flow_invert,
+    flow_sample,
+)
 from jaxcf.diffusion.schedules import Schedule
 from jaxcf.diffusion.transforms import dynamic_normalization
 from jaxcf.errors import InputError
@@ -68,7 +74,8 @@ def diffscm(
 
     Args:
       model_fn: conditional denoiser trained with condition dropout, model_fn(x_t, t, cond).
-      schedule: its (discrete) noise schedule.
+      schedule: its noise schedule. Discrete schedules encode / decode with DDIM (the
+        paper); rectified-flow schedules with flow_invert / flow_sample on the same grid.
       x: (B, ..., C) factual images, channels-last, in the model's intensity range.
       null_cond: the null condition; each leaf broadcastable to target_cond's leaf
         (e.g. {"label": jnp.array([num_classes])}), as classifier_free_guidance expects.
@@ -80,7 +87,8 @@ def diffscm(
       model_time: "current" evaluates the encoder's denoiser at the level of its input,
         as guided-diffusion's ddim_reverse_sample (Diff-SCM's reference); "target" at the
         level it steps to (see jaxcf.diffusion.ddim_invert).
-      spacing: respacing of the chain ("leading" equals guided-diffusion's "ddim100").
+      spacing: respacing of the chain ("leading" equals guided-diffusion's "ddim100");
+        discrete schedules only (model_time too).
     Returns:
       {"counterfactual": (B, ..., C), "latent": (B, ..., C) x encoded to level L,
        "heatmap": (B, ...) channel mean of |x - counterfactual|}.
@@ -92,30 +100,19 @@ def diffscm(
     norm = None if quantile is None else functools.partial(dynamic_normalization, quantile=quantile)
     # Alg. 1 "Encoding": eq. 2 with t -> t + 1 and c = null, L steps. The encoder needs the
     # null condition per example (the same pytree shapes as the target).
-    latent = ddim_invert(
-        model_fn,
-        schedule,
-        x,
-        num_steps=num_steps,
-        cond=broadcast_null(null_cond, target_cond),
-        strength=strength,
-        spacing=spacing,
-        model_time=model_time,
-        x0_transform=norm,
-    )
+    common = dict(num_steps=num_steps, strength=strength, x0_transform=norm)
+    if schedule.is_flow:
+        # A rectified-flow model: the deterministic ODE run up to level L (flow_invert) and
+        # back down (flow_sample) over the same grid, the flow twin of DDIM's pair.
+        invert, sample = flow_invert, flow_sample
+    else:
+        invert = functools.partial(ddim_invert, spacing=spacing, model_time=model_time)
+        sample = functools.partial(ddim_sample, spacing=spacing)
+    latent = invert(model_fn, schedule, x, cond=broadcast_null(null_cond, target_cond), **common)
     # Alg. 1 "Decoding" / Sec. 3.2 implicit guidance: eps = w eps(x_t, c) + (1 - w) eps(x_t, null)
     # = uncond + w (cond - uncond), one forward on the concatenated cond / null batch.
     guided = classifier_free_guidance(model_fn, guidance_scale, null_cond)
-    x_cf = ddim_sample(
-        guided,
-        schedule,
-        latent,
-        num_steps=num_steps,
-        cond=target_cond,
-        strength=strength,
-        spacing=spacing,
-        x0_transform=norm,
-    )
+    x_cf = sample(guided, schedule, latent, cond=target_cond, **common)
     return {"counterfactual": x_cf, "latent": latent, "heatmap": difference_map(x, x_cf)}
 
 

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         if split not in SPLITS:
             raise InputError(f"--split must be one of {SPLITS}, got {split!r}")
         segmentation.eval_methods(config)  # unknown names fail before any work
+        if config.eval.slices not in segmentation.SLICES:
+            raise InputError(
+                f"eval.slices must be one of {segmentation.SLICES}, got {config.eval.slices!r}"
+            )
         workdir = workdir_of(values.checkpoint)
         saved_config(workdir)  # a jaxcf workdir, or a clear error before anything is created
         out = output_dir(values.out or workdir / "eval" / split, "--out")

@@ -88,7 +88,7 @@ def _add_method_defaults(config: ml_collections.ConfigDict) -> None:
 
 @dataclasses.dataclass
 class TrainedModel:
-    """A diffusion task with restored weights. params: EMA (default) or raw weights;
+    """A diffusion task with restored weights. params: the EMA weights;
     frozen: the task's frozen weights (loaded from their own paths, never from the
     checkpoint); workdir: the training workdir (where the prompt tokenizer is found)."""
 
@@ -211,14 +211,18 @@ def load_trained(
     trained_config = saved_config(workdir)
     config = trained_config if config is None else merge_network(config, trained_config)
     _add_method_defaults(config)
-    if config.train.task != "diffusion":
-        raise InputError(f"{workdir}: train.task is {config.train.task!r}, not a diffusion model")
+    trained_train = trained_config.get("train", {})  # the run's own, not the command line's
+    if trained_train.get("task", "diffusion") != "diffusion":
+        raise InputError(
+            f"{workdir}: train.task is {trained_train.get('task')!r}, not a diffusion model"
+        )
     checkpoints = Checkpoints(workdir)
     try:
         if checkpoints.latest_step is None:
             raise FileNotFoundError(f"--checkpoint: no checkpoint in {checkpoints.directory}")
         # The task's key is training's (train.seed): an untrained VAE comes out identical.
-        task = make_task(config, jax.random.key(int(config.train.seed)), restoring=True)
+        seed = int(trained_train.get("seed", config.train.seed))
+        task = make_task(config, jax.random.key(seed), restoring=True)
         wanted = {"step": jax.ShapeDtypeStruct((), "int32"), "ema": abstract_like(task.params)}
         try:
             restored = checkpoints.restore_subtrees(wanted, step)

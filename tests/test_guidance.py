@@ -97,3 +97,23 @@ def test_gradient_guidance_keeps_learned_variance_channels():
     assert out.shape == (1, 3, 4)
     np.testing.assert_allclose(out[..., 2:], ref[..., 2:])
     assert float(jnp.max(jnp.abs(out[..., :2] - ref[..., :2]))) > 0.1
+
+
+def test_learned_variance_channels_are_not_extrapolated():
+    # A learned-sigma model: 2C channels, the prediction then the variance values. With
+    # v = 0.2 (cond) / 0.0 (null) and w = 3, guiding every channel gives v = 0.6 (outside
+    # the learned range's meaning); DiT / GLIDE keep the conditional variance: 0.2.
+    def model(x, t, cond):
+        v = jnp.where(cond["label"] == 0, 0.2, 0.0)[:, None, None, None]
+        return jnp.concatenate([x, jnp.broadcast_to(v, x.shape)], axis=-1)
+
+    x, t = jnp.ones((2, 4, 4, 3)), jnp.full((2,), 500)
+    cond, null = {"label": jnp.zeros((2,), jnp.int32)}, {"label": jnp.array([2])}
+    learned = D.linear(variance="learned_range")
+    assert D.prediction_channels(learned, 3) == 3
+    assert D.prediction_channels(D.linear(), 3) is None
+    channels = D.prediction_channels(learned, 3)
+    out = D.classifier_free_guidance(model, 3.0, null, guided_channels=channels)(x, t, cond)
+    np.testing.assert_allclose(out[..., 3:], 0.2, atol=1e-7)
+    every = D.classifier_free_guidance(model, 3.0, null)(x, t, cond)
+    np.testing.assert_allclose(every[..., 3:], 0.6, atol=1e-6)

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         case = cases.load_case(values.input)
         mask = cases.read_mask(values.mask, case.image.shape[:3]) if values.mask else None
         trained = load_trained(values.checkpoint, config)
+        segmentation.check_settings(trained.config)
         if mask is not None and "region" in trained.config.counterfactual[method]:
             trained.config.counterfactual[method].region = "file"
         return segmentation.segment_case(

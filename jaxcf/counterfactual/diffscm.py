@@ -22,7 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from jaxcf.counterfactual.model import MethodModel
-from jaxcf.diffusion.guidance import broadcast_null, classifier_free_guidance
+from jaxcf.diffusion.guidance import (
+    broadcast_null,
+    classifier_free_guidance,
+    prediction_channels,
+)
 from jaxcf.diffusion.samplers import (
     ModelFn,
     ddim_invert,
@@ -111,7 +115,12 @@ def diffscm(
     latent = invert(model_fn, schedule, x, cond=broadcast_null(null_cond, target_cond), **common)
     # Alg. 1 "Decoding" / Sec. 3.2 implicit guidance: eps = w eps(x_t, c) + (1 - w) eps(x_t, null)
     # = uncond + w (cond - uncond), one forward on the concatenated cond / null batch.
-    guided = classifier_free_guidance(model_fn, guidance_scale, null_cond)
+    guided = classifier_free_guidance(
+        model_fn,
+        guidance_scale,
+        null_cond,
+        guided_channels=prediction_channels(schedule, x.shape[-1]),
+    )
     x_cf = sample(guided, schedule, latent, cond=target_cond, **common)
     return {"counterfactual": x_cf, "latent": latent, "heatmap": difference_map(x, x_cf)}
 
@@ -191,7 +200,9 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> MethodFn:
         num_steps=int(cfg.num_steps),
         strength=float(cfg.strength),
         guidance_scale=float(cfg.guidance_scale),
-        quantile=float(cfg.quantile) if cfg.quantile else None,
+        # Sec. 3.4's normalisation assumes pixels in [-1, 1]; VAE latents and Haar sub-bands
+        # have other ranges, so they keep their space's own transform (none for latents).
+        quantile=float(cfg.quantile) if cfg.quantile and model.space == "pixel" else None,
         model_time=str(cfg.model_time),
         spacing=str(cfg.spacing),
     )

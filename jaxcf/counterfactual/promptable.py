@@ -36,9 +36,9 @@ import numpy as np
 
 from jaxcf.counterfactual.diffscm import difference_map
 from jaxcf.counterfactual.model import MethodModel
-from jaxcf.counterfactual.prompts import prompt_regions
+from jaxcf.counterfactual.prompts import REGIONS, prompt_regions
 from jaxcf.diffusion import process
-from jaxcf.diffusion.guidance import classifier_free_guidance
+from jaxcf.diffusion.guidance import classifier_free_guidance, prediction_channels
 from jaxcf.diffusion.samplers import (
     ModelFn,
     StepHooks,
@@ -194,7 +194,12 @@ def promptable_sample(
     guided = (
         model_fn
         if guidance_scale is None
-        else classifier_free_guidance(model_fn, guidance_scale, null_cond)
+        else classifier_free_guidance(
+            model_fn,
+            guidance_scale,
+            null_cond,
+            guided_channels=prediction_channels(schedule, x0.shape[-1]),
+        )
     )
     common = dict(
         key=sample_key,
@@ -464,6 +469,10 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     if int(cfg.resample_jump) > 0 and int(cfg.resample_count) > 0:
         resample = (int(cfg.resample_jump), int(cfg.resample_count))
     _check_resample(resample)
+    if cfg.region not in REGIONS:
+        raise InputError(
+            f"counterfactual.promptable.region must be one of {REGIONS}, got {cfg.region!r}"
+        )
     if cfg.known not in KNOWN_MODES:
         raise InputError(f"counterfactual.promptable.known must be one of {KNOWN_MODES}")
     pixel = model.space == "pixel"
@@ -473,7 +482,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
         resample=resample,
         known=str(cfg.known),
         start_strength=float(cfg.start_strength),
-        x0_transform=model.x0_transform if pixel else None,
+        x0_transform=model.x0_transform,  # data-range clip, wavelet clip, none for latents
     )
 
     def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:

@@ -58,11 +58,14 @@ class MethodRunner:
         self.module = registry.get(name)
         self.cfg = config[name]
         self.mesh = parallel.make_mesh(mesh_config)
+        if int(config.batch_size) < 1:
+            raise InputError(f"counterfactual.batch_size must be >= 1, got {config.batch_size}")
         devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.chunk = math.ceil(int(config.batch_size) / devices) * devices
         self.seed = int(config.seed)
         self.progress = progress
         self._replicated = parallel.replicated(self.mesh)
+        self._batch_sharding = parallel.batch_sharding(self.mesh)
         self.weights = jax.device_put(weights, parallel.state_shardings(weights, self.mesh))
         self._fn = jax.jit(self.module.build(model, self.cfg))
         self._compiled_once = False
@@ -72,12 +75,22 @@ class MethodRunner:
         return self.module.LABEL
 
     def prepare(self, batch: dict) -> dict:
-        """The method's host-side inputs (e.g. the mask prompt), None entries dropped."""
+        """The method's inputs: its `prepare` (e.g. the mask prompt) when it has one, else
+        just the images. Only these reach the device (other fields would only add
+        transfers and recompiles)."""
         batch = {k: v for k, v in batch.items() if v is not None}
+        if not hasattr(self.module, "prepare"):
+            return {"image": batch["image"]}
         return registry.prepare(self.name, batch, self.cfg)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """batch: {"image": (N, ...), ...} numpy -> the method's outputs, numpy (N, ...)."""
+    def __call__(
+        self, batch: dict[str, np.ndarray], *, key_offset: int = 0
+    ) -> dict[str, np.ndarray]:
+        """batch: {"image": (N, ...), ...} numpy -> the method's outputs, numpy (N, ...).
+
+        Row r's chunk key is fold_in(key(seed), key_offset + first row of its chunk): the
+        same call gives the same result; a caller streaming a split in several calls passes
+        the rows it has already run, so no two batches share their noise."""
         batch = {k: np.asarray(v) for k, v in self.prepare(batch).items()}
         total = len(batch["image"])
         if total == 0:
@@ -96,8 +109,12 @@ class MethodRunner:
             rows = {
                 k: pad_rows(v[start : start + self.chunk], self.chunk) for k, v in batch.items()
             }
-            chunk = parallel.global_batch(rows, self.mesh)
-            key = jax.device_put(jax.random.fold_in(base, start), self._replicated)
+            # Every process holds the same chunk; each places the rows of its own devices.
+            chunk = {
+                k: jax.make_array_from_callback(v.shape, self._batch_sharding, v.__getitem__)
+                for k, v in rows.items()
+            }
+            key = jax.device_put(jax.random.fold_in(base, key_offset + start), self._replicated)
             out = self._fn(self.weights, chunk, key)
             n = min(self.chunk, total - start)
             for name, value in out.items():

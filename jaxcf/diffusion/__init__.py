@@ -7,6 +7,7 @@ from jaxcf.diffusion.guidance import (
     broadcast_null,
     classifier_free_guidance,
     gradient_guidance,
+    prediction_channels,
     select_cond,
 )
 from jaxcf.diffusion.objectives import diffusion_loss, loss_weights, sample_timesteps, vlb_term
@@ -96,6 +97,7 @@ __all__ = [
     "model_log_variance",
     "posterior_mean_variance",
     "predict_x0_eps",
+    "prediction_channels",
     "prediction_from",
     "q_sample",
     "rectified_flow",

@@ -46,6 +46,14 @@ def select_cond(keep: jax.Array, cond: Any, null_cond: Any) -> Any:
     return jax.tree.map(pick, cond, null)
 
 
+def prediction_channels(schedule: Schedule, channels: int) -> int | None:
+    """`guided_channels` for a model of `schedule` whose data has `channels` channels:
+    learned-variance models (variance="learned_range") output 2C channels, and guidance
+    extrapolates only the first C (the prediction) while the variance comes from the
+    conditional half, as DiT and GLIDE do; None (every channel) otherwise."""
+    return channels if schedule.variance == "learned_range" else None
+
+
 def classifier_free_guidance(
     model_fn: ModelFn,
     scale: float | jax.Array,

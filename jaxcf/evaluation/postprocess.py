@@ -27,6 +27,7 @@ VoteRule = Literal["paper", "script"]
 
 # Decision thresholds of the two vote rules: (threshold, inclusive).
 _RULES: dict[str, tuple[float, bool]] = {"paper": (0.5, True), "script": (0.25, False)}
+VOTE_RULES = tuple(_RULES)
 _EPS = 1e-9  # slack for float sums of weights such as 0.1 + 0.2
 
 

@@ -4,7 +4,7 @@ Shared by `python -m jaxcf.counterfactual`, `python -m jaxcf.evaluate` and the d
 
     trained = load_trained(workdir, config)
     runner = method_runner(trained, "diffscm")
-    summary = segment_case(runner, load_case(path), out_dir, vote="paper")
+    summary = segment_case(runner, load_case(path), out_dir, image_size=32, vote="paper")
     record = evaluate(trained, workdir, "test", out_dir)
 """
 
@@ -24,6 +24,35 @@ from jaxcf.data import transforms
 from jaxcf.errors import InputError
 from jaxcf.evaluation import benchmark, postprocess
 from jaxcf.evaluation.metrics import case_metrics
+
+SLICES = ("tumour", "all")
+
+
+def check_settings(config: Any, *, evaluating: bool = False) -> None:
+    """Refuse bad segmentation settings before any data or compute (InputError naming the
+    field): the vote rule, the model's data (2-D slices), and for an evaluation the slice
+    filter, the methods, and prompts that need a per-case file."""
+    if config.counterfactual.vote not in postprocess.VOTE_RULES:
+        raise InputError(
+            f"counterfactual.vote must be one of {list(postprocess.VOTE_RULES)}, got "
+            f"{config.counterfactual.vote!r}"
+        )
+    if config.data.task != "slices2d":
+        raise InputError(
+            f"counterfactual segmentation runs on 2-D BraTS slice models; this model's "
+            f"data.task is {config.data.task!r}"
+        )
+    if not evaluating:
+        return
+    if config.eval.slices not in SLICES:
+        raise InputError(f"eval.slices must be one of {SLICES}, got {config.eval.slices!r}")
+    methods = eval_methods(config)
+    region = config.counterfactual.get("promptable", {}).get("region")
+    if "promptable" in methods and region == "file":
+        raise InputError(
+            "counterfactual.promptable.region=file needs a region file per case, which an "
+            "evaluation over a split has none of: use box, seg or brain"
+        )
 
 
 def method_runner(trained: Any, name: str, *, progress: bool = True) -> MethodRunner:
@@ -54,11 +83,14 @@ def slice_masks(images: np.ndarray, counterfactuals: np.ndarray, vote: str) -> n
 
 
 def segment_slices(
-    runner: MethodRunner, batch: dict, vote: str
+    runner: MethodRunner, batch: dict, vote: str, *, key_offset: int = 0
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Run a method on {"image" (B, S, S, C), optional "seg" / "given_region"} and turn
-    its counterfactuals into tumour masks; a method's prompt region bounds the masks."""
-    out = runner(batch)
+    its counterfactuals into tumour masks; a method's prompt region bounds the masks.
+    A method that makes no heatmap gets the channel mean of |x - x_cf|."""
+    out = runner(batch, key_offset=key_offset)
+    if "heatmap" not in out:
+        out["heatmap"] = np.abs(batch["image"] - out["counterfactual"]).mean(-1)
     masks = slice_masks(batch["image"], out["counterfactual"], vote)
     if "region" in out:  # the prompt bounds where a tumour may be found
         masks &= out["region"] > 0
@@ -152,9 +184,8 @@ def evaluate(
     from jaxcf.visualization import save_case_panel
 
     config = trained.config
+    check_settings(config, evaluating=True)
     methods = eval_methods(config)
-    if config.data.task != "slices2d":
-        raise InputError(f"evaluation runs on 2-D BraTS slices; data.task is {config.data.task!r}")
     data_config = ensure_data(config.data, workdir)
     bins = int(config.eval.num_bins)
     vote = str(config.counterfactual.vote)
@@ -162,8 +193,11 @@ def evaluate(
     runners = {name: method_runner(trained, name, progress=False) for name in methods}
 
     def segmenter(runner: MethodRunner):
+        done = [0]  # rows run so far: each batch gets its own keys
+
         def run(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            out, masks = segment_slices(runner, batch, vote)
+            out, masks = segment_slices(runner, batch, vote, key_offset=done[0])
+            done[0] += len(batch["image"])
             return out["counterfactual"], out["heatmap"], masks
 
         return run

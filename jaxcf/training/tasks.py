@@ -202,7 +202,10 @@ class DiffusionTask:
             cond = self.prepare_cond(params, frozen, cond)  # the text encoder runs once
             if sampler.guidance_scale != 1.0:
                 model_fn = D.classifier_free_guidance(
-                    model_fn, sampler.guidance_scale, self.prepare_cond(params, frozen, null)
+                    model_fn,
+                    sampler.guidance_scale,
+                    self.prepare_cond(params, frozen, null),
+                    guided_channels=D.prediction_channels(self.schedule, x0_shape[-1]),
                 )
         x_T = jax.random.normal(key, x0_shape)
         sample = D.flow_sample if self.schedule.is_flow else D.ddim_sample

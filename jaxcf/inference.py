@@ -77,12 +77,18 @@ def merge_network(config: ml_collections.ConfigDict, trained: ml_collections.Con
 
 def _add_method_defaults(config: ml_collections.ConfigDict) -> None:
     """Give every registered method its default sub-config where the config has none (a
-    workdir's config.json from before a method was registered)."""
+    workdir's config.json from before a method was registered). A config.json from before
+    the per-method sub-configs keeps its flat settings (counterfactual.num_steps, ...,
+    healthy_label -> target_label) for every method that has the field."""
     group = config.get("counterfactual")
     if group is None:
         return
+    flat = {k: v for k, v in group.items() if not isinstance(v, ml_collections.ConfigDict)}
+    if "healthy_label" in flat:
+        flat["target_label"] = flat["healthy_label"]
     for name, defaults in registry.default_configs().items():
         if name not in group:
+            defaults.update({k: v for k, v in flat.items() if k in defaults})
             group[name] = defaults
 
 

@@ -269,3 +269,18 @@ def test_closed_form_model_through_the_runner_and_the_evaluation(tmp_path):
     # reconstruction noise (measured 0.002) and the Otsu masks are noise (Dice 0.5).
     assert swapped["ideal_threshold"] < 0.05
     assert swapped["dice"] < healthy["dice"] - 0.3
+
+
+def test_an_old_flat_counterfactual_group_keeps_its_settings():
+    from jaxcf.inference import _add_method_defaults
+
+    config = ml_collections.ConfigDict(
+        {"counterfactual": {"method": "diffscm", "num_steps": 50, "healthy_label": 1}}
+    )
+    config.counterfactual.region = "brain"
+    _add_method_defaults(config)
+    assert config.counterfactual.diffscm.num_steps == 50
+    assert config.counterfactual.promptable.num_steps == 50
+    assert config.counterfactual.promptable.region == "brain"
+    assert config.counterfactual.diffscm.target_label == 1
+    assert config.counterfactual.diffscm.strength == 0.75  # a default where none was set

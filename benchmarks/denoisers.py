@@ -2,11 +2,15 @@
 
     python benchmarks/denoisers.py [--size toy|real] [--batch 1 8 ...] [--dtype float32 bfloat16]
 
-Sizes: "toy" (CPU-friendly small networks) or "real" (the papers' networks: the 128x128
-UNet, DiT-B/2 on 16x16x4 latents, WDM on 128^3 volumes); the default is "real" on a GPU
-and "toy" otherwise. FLOPs per forward come from XLA's compiled cost analysis (2 per
-multiply-add). Model-FLOPs utilisation is reported against the device's dense peak where
-known. Writes JSON to --out/<date>_<device>_denoisers.json.
+Sizes: "toy" (CPU-friendly small networks) or "real" (the papers' networks: the 64 and
+128 px Diff-SCM UNets, DiT-B/2 on 16x16x4 latents, WDM on 128^3 volumes); the default is
+"real" on a GPU and "toy" otherwise. Without --batch each real network runs at its own
+batch sizes (REAL_BATCHES: up to the papers' training batches, DiT-B/2 up to 256). FLOPs
+per forward come from XLA's cost analysis (2 per multiply-add). Model-FLOPs utilisation
+(MFU) = achieved FLOP/s / the device's dense peak for the compute dtype
+(common.PEAK_TFLOPS, matched on jax.devices()[0].device_kind; none on CPUs). Writes JSON to
+--out/<date>_<device>_denoisers.json (--out defaults to $JAXCF_BENCH_OUT or
+benchmarks/results).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import time_call, write_result
+from common import default_out, peak_tflops, time_call, write_result
 
 from jaxcf import models
 
@@ -64,10 +68,15 @@ CASES = {
     ],
 }
 
-# Dense peak TFLOP/s by device kind (vendor data sheets; bf16 tensor cores, fp32 via TF32 off).
-PEAK_TFLOPS = {
-    "NVIDIA H100 80GB HBM3": {"bfloat16": 989.0, "float32": 67.0},
-    "NVIDIA H200": {"bfloat16": 989.0, "float32": 67.0},
+# Batch sizes per real network when --batch is not given: 1, a middle one, and the
+# papers' training batch (Diff-SCM 64, PCF 128) or the MFU goal's (DiT-B/2 >= 256); WDM
+# volumes are large (one 128^3 forward is ~1 TFLOP), so 1 and 4.
+REAL_BATCHES = {
+    "Diff-SCM UNet 64^2": [1, 64],
+    "PCF UNet 128^2": [1, 128],
+    "DiT-B/2 16^2x4": [1, 64, 256],
+    "WDM 128^3": [1, 4],
+    "WDM-text 128^3": [1],
 }
 
 
@@ -102,7 +111,7 @@ def bench_case(label, config, shape, cond_fn, batch, dtype, repeats, flops_only=
     forward = jax.jit(apply_fn)
     first, run = time_call(lambda: forward(params, x, t, cond), repeats)
     tflops = flops / run / 1e12
-    peak = PEAK_TFLOPS.get(jax.devices()[0].device_kind, {}).get(dtype)
+    peak = peak_tflops(jax.devices()[0].device_kind, dtype)
     row.update(
         first_call_s=round(first, 3),
         forward_s=round(run, 6),
@@ -118,26 +127,36 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=sorted(CASES), default="real" if on_gpu else "toy")
     parser.add_argument(
-        "--batch", type=int, nargs="+", default=[1, 8] if not on_gpu else [1, 8, 32]
+        "--batch",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batch sizes (default: toy 1 8; real: each network's REAL_BATCHES)",
     )
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--only", nargs="*", default=None, help="substrings of model labels to run")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="substrings of model labels to run, in order"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--flops-only", action="store_true", help="parameters and FLOPs only (no allocation)"
     )
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results"))
+    parser.add_argument("--out", type=pathlib.Path, default=default_out())
     args = parser.parse_args(argv)
 
     rows = []
+    name = "denoisers_flops" if args.flops_only else "denoisers"
     print(
         f"{'model':<20}{'dtype':>10}{'batch':>6}{'params':>10}{'GFLOP/fwd':>11}{'fwd/s':>10}{'TFLOP/s':>9}{'MFU':>7}"
     )
-    for label, config, shape, cond_fn in CASES[args.size]:
-        if args.only and not any(s in label for s in args.only):
-            continue
+    cases = CASES[args.size]
+    if args.only:  # in the order given: what matters most runs first
+        cases = [c for s in args.only for c in cases if s in c[0]]
+        cases = list({c[0]: c for c in cases}.values())
+    for label, config, shape, cond_fn in cases:
+        batches = args.batch or (REAL_BATCHES.get(label, [1, 8]) if args.size == "real" else [1, 8])
         for dtype in args.dtype:
-            for batch in args.batch:
+            for batch in batches:
                 try:
                     r = bench_case(
                         label, config, shape, cond_fn, batch, dtype, args.repeats, args.flops_only
@@ -160,7 +179,8 @@ def main(argv=None) -> dict:
                     f"{label:<20}{dtype:>10}{batch:>6}{r['params'] / 1e6:>9.1f}M"
                     f"{r['gflops_per_forward']:>11.2f}{timing}{mfu:>7}"
                 )
-    name = "denoisers_flops" if args.flops_only else "denoisers"
+                # Rewritten after every row: a run cut short by a timeout keeps its rows.
+                write_result(name, rows, args.out, size=args.size)
     path = write_result(name, rows, args.out, size=args.size)
     print(f"wrote {path}")
     return {"results": rows}

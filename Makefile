@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 PIN := -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-ref bench lint format clean
+.PHONY: demo test test-ref bench bench-gpu bench-compare lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "jaxcf needs Python >= 3.11"'
@@ -43,6 +43,17 @@ bench: $(VENV)/.stamp-base
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) --no-print-directory $(VENV)/.stamp-gpu; fi
 	$(BIN)/python benchmarks/samplers.py
 	$(BIN)/python benchmarks/denoisers.py
+
+# The GPU suite on a machine with an NVIDIA GPU (< 8 min): installs .[gpu], checks nvidia-smi,
+# then denoiser MFU, WDM sampling, counterfactuals per slice, train steps/s, 3-D memory.
+bench-gpu: $(BIN)/python
+	bash benchmarks/gpu_suite.sh
+
+# jaxcf and PyTorch side by side on this machine, interleaved (torch, diffusers from the ref
+# extras); e.g. make bench-compare BENCH_ARGS="--reps 5 --only dit_s2,train_step".
+BENCH_ARGS ?=
+bench-compare: $(VENV)/.stamp-ref
+	$(BIN)/python benchmarks/vs_torch.py $(BENCH_ARGS)
 
 lint: $(VENV)/.stamp-test
 	$(BIN)/ruff format --check .

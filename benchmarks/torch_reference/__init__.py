@@ -1,0 +1,1 @@
+"""PyTorch reference networks for benchmarks/vs_torch.py (the benchmark's own code)."""

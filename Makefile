@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 PIN := -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-ref bench bench-gpu bench-compare lint format clean
+.PHONY: demo test test-ref test-multiprocess bench bench-gpu bench-compare lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "jaxcf needs Python >= 3.11"'
@@ -33,10 +33,14 @@ demo: $(VENV)/.stamp-base
 	$(BIN)/python -m jaxcf.demo
 
 test: $(VENV)/.stamp-test
-	$(BIN)/python -m pytest -m "not ref" -n $(PYTEST_WORKERS) -q
+	$(BIN)/python -m pytest -m "not ref and not multiprocess" -n $(PYTEST_WORKERS) -q
 
 test-ref: $(VENV)/.stamp-ref
 	$(BIN)/python -m pytest -m ref -n $(PYTEST_WORKERS) -q
+
+# Two local JAX processes (4 fake CPU devices each) against one process, run alone.
+test-multiprocess: $(VENV)/.stamp-test
+	$(BIN)/python -m pytest -m multiprocess -q
 
 # On a machine with an NVIDIA GPU the CUDA plugin is installed first.
 bench: $(VENV)/.stamp-base

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxcf.errors import InputError
@@ -22,9 +23,12 @@ BATCH_AXES = ("data", "fsdp")
 
 def initialize_distributed() -> bool:
     """jax.distributed.initialize() when launched as several processes (a coordinator
-    address in the environment, or a SLURM / Open MPI multi-task job); True if it ran."""
+    address in the environment, a SLURM / Open MPI multi-task job, or JAXCF_DISTRIBUTED=1,
+    e.g. on every host of a Cloud TPU pod, where JAX finds its peers itself); True if it
+    ran."""
     multi = (
-        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        os.environ.get("JAXCF_DISTRIBUTED") == "1"
+        or os.environ.get("JAX_COORDINATOR_ADDRESS")
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
         or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
     )
@@ -79,6 +83,57 @@ def state_shardings(tree: Any, mesh: Mesh) -> Any:
     """NamedShardings for a pytree of arrays (or ShapeDtypeStructs): FSDP rule above."""
     fsdp = mesh.shape["fsdp"]
     return jax.tree.map(lambda a: NamedSharding(mesh, _param_spec(tuple(a.shape), fsdp)), tree)
+
+
+def put_replicas(tree: Any, shardings: Any) -> Any:
+    """jax.device_put(tree, shardings) for a tree of which every process holds a full, equal
+    copy (initial or restored weights, a PRNG key). With several processes each one fills
+    its own devices' parts from its copy (jax.make_array_from_callback), and one collective
+    compares a checksum per array across processes. jax.device_put would instead refuse an
+    array committed to a local device (e.g. restored weights) as the source of an array that
+    spans other processes' devices, and check equality by gathering every array from every
+    process. Arrays that already span processes are resharded by device_put."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    sums: list[float] = []
+
+    def put(array: Any, sharding: NamedSharding) -> jax.Array:
+        if isinstance(array, jax.Array) and not array.is_fully_addressable:
+            return jax.device_put(array, sharding)
+        if jax.dtypes.issubdtype(getattr(array, "dtype", None), jax.dtypes.prng_key):
+            # A typed PRNG key: place its raw uint32 data (one more, unsharded, axis).
+            data = put(jax.random.key_data(array), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(array))
+        host = np.asarray(array)
+        sums.append(np.sum(host, dtype=np.float64))
+        return jax.make_array_from_callback(host.shape, sharding, host.__getitem__)
+
+    placed = jax.tree.map(put, tree, shardings)
+    if sums:  # compared bit for bit (as uint32 pairs: NaN equals NaN, no 64-bit jax needed)
+        multihost_utils.assert_equal(
+            np.asarray(sums, np.float64).view(np.uint32),
+            "put_replicas: the processes hold different values of the same arrays",
+        )
+    return placed
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any (a collective when there are
+    several processes: every process must call it); the flag itself in one process."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    flags = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+    return bool(np.asarray(flags).any())
+
+
+def to_host(tree: Any) -> Any:
+    """The whole of each (possibly sharded) array as numpy, on every process: gathered
+    from all processes (a collective: every process must call it) when there are several."""
+    if jax.process_count() > 1:
+        return jax.tree.map(
+            lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)), tree
+        )
+    return jax.tree.map(np.asarray, tree)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxcf import parallel
@@ -33,12 +32,6 @@ def pad_rows(array: np.ndarray, size: int) -> np.ndarray:
     if missing <= 0:
         return array
     return np.concatenate([array, np.repeat(array[-1:], missing, axis=0)])
-
-
-def _to_host(array: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
-        return np.asarray(multihost_utils.process_allgather(array, tiled=True))
-    return np.asarray(array)
 
 
 class MethodRunner:
@@ -66,7 +59,7 @@ class MethodRunner:
         self.progress = progress
         self._replicated = parallel.replicated(self.mesh)
         self._batch_sharding = parallel.batch_sharding(self.mesh)
-        self.weights = jax.device_put(weights, parallel.state_shardings(weights, self.mesh))
+        self.weights = parallel.put_replicas(weights, parallel.state_shardings(weights, self.mesh))
         self._fn = jax.jit(self.module.build(model, self.cfg))
         self._compiled_once = False
 
@@ -114,11 +107,13 @@ class MethodRunner:
                 k: jax.make_array_from_callback(v.shape, self._batch_sharding, v.__getitem__)
                 for k, v in rows.items()
             }
-            key = jax.device_put(jax.random.fold_in(base, key_offset + start), self._replicated)
+            key = parallel.put_replicas(
+                jax.random.fold_in(base, key_offset + start), self._replicated
+            )
             out = self._fn(self.weights, chunk, key)
             n = min(self.chunk, total - start)
             for name, value in out.items():
-                outputs.setdefault(name, []).append(_to_host(value)[:n])
+                outputs.setdefault(name, []).append(parallel.to_host(value)[:n])
             if not self._compiled_once:
                 self._compiled_once = True
                 bar.set_description(self.name)

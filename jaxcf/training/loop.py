@@ -149,10 +149,10 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     optimizer = make_optimizer(config.optim, train.num_steps)
     state = init_state(task, optimizer)
     shardings = parallel.state_shardings(state, mesh)
-    state = jax.device_put(state, shardings)
+    state = parallel.put_replicas(state, shardings)
     # Frozen weights live outside the state and its checkpoints: the task loaded them from
     # their own paths (vae.checkpoint, text.file), on a fresh start and on resume alike.
-    frozen = jax.device_put(task.frozen, parallel.state_shardings(task.frozen, mesh))
+    frozen = parallel.put_replicas(task.frozen, parallel.state_shardings(task.frozen, mesh))
 
     checkpoints = Checkpoints(workdir, keep=train.keep_checkpoints)
     start = 0
@@ -211,7 +211,10 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
             done, window_steps = step + 1, window_steps + 1
             # Read the flag once: a signal arriving later in this iteration is handled after
             # the next step, never between deciding to save and deciding to stop.
-            stopping = stop.signal is not None
+            # Several processes stop together, at the same step, or one would wait forever
+            # in a save or a step that the others never join (SLURM signals every task, but
+            # each may see it at another step).
+            stopping = parallel.any_process(stop.signal is not None)
             last = done == train.num_steps or stopping
             log_now = done % train.log_every == 0 or last
             save_now = done % train.checkpoint_every == 0 or last
@@ -231,15 +234,20 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
                 bar.set_postfix(loss=f"{host['loss']:.4f}", it_s=f"{host['steps_per_s']:.2f}")
             if save_now:
                 save(done)
-            if train.sample_every and (done % train.sample_every == 0 or last) and lead:
+            if train.sample_every and (done % train.sample_every == 0 or last):
+                # Every process runs the sampler (it spans the whole mesh); process 0 writes.
                 images = preview_fn(
                     state.ema, frozen, batch, jax.random.key(done), train.preview_count
                 )
-                _preview_panel(jax.device_get(images), workdir / "samples" / f"step_{done:07d}.png")
+                images = parallel.to_host(images)
+                if lead:
+                    _preview_panel(images, workdir / "samples" / f"step_{done:07d}.png")
             bar.update(1)
             if stopping:
                 summary["interrupted"] = True
-                summary["signal"] = signal.Signals(stop.signal).name
+                summary["signal"] = (
+                    signal.Signals(stop.signal).name if stop.signal else "another process's signal"
+                )
                 break
     writer.close()
     checkpoints.close()

@@ -195,15 +195,15 @@ def test_pcf_dit_refuses_an_untrained_vae_before_training(tmp_path, capsys):
 
 
 def test_untrained_vae_allowed_with_one_loud_line(capsys):
-    from jaxcf.training.tasks import _build_vae
+    from jaxcf.training.spaces import build_vae
 
     vae = ml_collections.ConfigDict(
         {"preset": "mri4", "checkpoint": "", "mode": "auto", "allow_untrained": False}
     )
     with pytest.raises(ValueError, match=r"vae\.checkpoint is empty.*allow_untrained=True"):
-        _build_vae(vae, jax.random.key(0))
+        build_vae(vae, jax.random.key(0))
     vae.allow_untrained = True
-    _, params, mode = _build_vae(vae, jax.random.key(0))
+    _, params, mode = build_vae(vae, jax.random.key(0))
     assert mode == "joint" and jax.tree.leaves(params)
     err = capsys.readouterr().err
     assert err.startswith("WARNING: vae.checkpoint is empty") and len(err.splitlines()) == 1

@@ -45,7 +45,7 @@ from jaxcf import models
 from jaxcf.errors import InputError
 from jaxcf.models import vae as vae_models
 from jaxcf.training.conditioners import BOS_ID, build_conditioner
-from jaxcf.training.spaces import build_space, build_vae, check_vae, load_vae_params
+from jaxcf.training.spaces import build_space, check_vae, load_vae_params
 
 __all__ = [
     "BOS_ID",
@@ -56,9 +56,6 @@ __all__ = [
     "make_schedule",
     "make_task",
 ]
-
-# Kept for callers of the former private name (tests/test_cli.py).
-_build_vae = build_vae
 
 
 def make_schedule(diffusion: Any) -> D.Schedule:

@@ -43,6 +43,7 @@ from common import default_out, write_markdown, write_result
 
 from jaxcf import diffusion as D
 from jaxcf import models
+from jaxcf.models import conv3d
 from jaxcf.training.config import base_config
 from jaxcf.training.optim import make_optimizer
 from jaxcf.training.step import init_state, make_train_step
@@ -106,7 +107,12 @@ class Lowering:
         return self._task
 
     def lower(self, step: str, size: int, remat: bool, batch: int):
-        """(lowered computation, parameter count, wavelet grid shape)."""
+        """(lowered computation, parameter count, wavelet grid shape); 3-D convolutions
+        traced natively (the accelerator path), not as jaxcf's CPU-only decomposition."""
+        with conv3d.native_only():
+            return self._lower(step, size, remat, batch)
+
+    def _lower(self, step: str, size: int, remat: bool, batch: int):
         task = self.task(size, remat)
         volume = jax.ShapeDtypeStruct((batch, size, size, size, 1), jnp.float32)
         grid = jax.eval_shape(task.encode, {}, volume)

@@ -36,9 +36,9 @@ from multiprocess_worker import NUM_PROCESSES, HostsInOneProcess, method_images,
 from jaxcf.checkpoint import Checkpoints
 from jaxcf.training import data as training_data
 
-# Not in `make test` yet: on CPU, Gloo gives a process 30 s to join its partner in a
-# collective, and on a loaded 2-core CI machine the two processes' compiles can drift
-# further apart than that. `make test-multiprocess` runs it alone.
+# `make test` runs this alone, after the other tests: on CPU, Gloo gives a process 30 s to
+# join its partner in a collective, and with other test workers sharing 2 cores the two
+# processes' compiles could drift further apart than that.
 pytestmark = pytest.mark.multiprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

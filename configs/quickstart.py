@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.batch_size = 16
     c.data.phantom.cases = 24
     c.data.phantom.size = 64
+    c.data.phantom.tumour_free_fraction = 0.0  # every BraTS 2021 patient has a tumour
     c.model.update(
         family="unet",
         preset="tiny2d",

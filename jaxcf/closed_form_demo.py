@@ -115,7 +115,7 @@ def run(out_dir: pathlib.Path, size: int, steps: int, seed: int) -> dict:
         n = steps if name.startswith("dd") else min(steps, 25)
         timings[name] = {"steps": n, "seconds": seconds, "steps_per_s": n / seconds}
         rows.append([to_uint8(s[..., 0], -1, 1) for s in np.asarray(samples)])
-    save_panel(rows, out_dir / "samples.png")
+    save_panel(rows, out_dir / "samples.png", row_labels=list(samplers))
 
     # Diff-SCM counterfactual (Sanchez et al. 2022, Alg. 1) on the held-out tumour slices.
     x = jnp.asarray(tumour[:held_out], jnp.float32)
@@ -154,6 +154,7 @@ def run(out_dir: pathlib.Path, size: int, steps: int, seed: int) -> dict:
         panel,
         out_dir / "counterfactual.png",
         titles=["input", "encoded", "healthy cf", "|x-cf|", "mask", "truth"],
+        row_labels=[f"case {i}" for i in range(cases)],
     )
     summary = {
         "device": jax.devices()[0].device_kind,

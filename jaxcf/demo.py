@@ -6,8 +6,9 @@
      configs/quickstart.py on it: a small label-conditioned UNet with condition dropout,
      minutes on a CPU (resumes if the workdir already holds a checkpoint);
   2. segments the held-out test slices with a tumour by their healthy counterfactuals:
-     Diff-SCM (paper 001) and the promptable counterfactual sampler with a box prompt
-     (paper 000), beside the FLAIR thresholding baseline Diff-SCM compares against, and
+     Diff-SCM (paper 001) and the promptable counterfactual sampler (paper 000) with the
+     ground truth's box as prompt (an oracle) and with a box drawn from a first Diff-SCM
+     pass's heatmap, beside the FLAIR thresholding baseline Diff-SCM compares against, and
      prints Dice / IoU / AUPRC / ideal Dice (python -m jaxcf.evaluate does the same);
   3. runs `python -m jaxcf.counterfactual` on one held-out case: NIfTI with the case's
      affine and a PNG panel.

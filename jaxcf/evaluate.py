@@ -3,9 +3,10 @@
 
 Runs the registered counterfactual methods of eval.methods (and the FLAIR thresholding
 baseline) over a split of the model's data and writes metrics.json and metrics.md (a table
-shaped like the papers' Table 1) plus example panels to --out (default
-WORKDIR/eval/<split>). The network and the data are the training run's (its config.json:
-data.root, or the phantom set it generated); --config gives the method and eval settings.
+shaped like the papers' Table 1), per_slice / per_case scores (JSON and CSV) and example
+panels to --out (default WORKDIR/eval/<split>). The network and the data are the training
+run's (its config.json: data.root, or the phantom set it generated); --config gives the
+method and eval settings.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
@@ -62,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     print(summary["table"])
-    print(f"wrote {summary['out']}/metrics.json, metrics.md and example panels")
+    print(
+        f"wrote {summary['out']}/metrics.json, metrics.md, per_case.csv, per_slice.csv "
+        "(and .json) and example panels"
+    )
     return 0
 
 

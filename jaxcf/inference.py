@@ -77,7 +77,8 @@ def merge_network(config: ml_collections.ConfigDict, trained: ml_collections.Con
 
 def _add_method_defaults(config: ml_collections.ConfigDict) -> None:
     """Give every registered method its default sub-config where the config has none (a
-    workdir's config.json from before a method was registered). A config.json from before
+    workdir's config.json from before a method was registered), and its default for any
+    field its sub-config lacks (one added since). A config.json from before
     the per-method sub-configs keeps its flat settings (counterfactual.num_steps, ...,
     healthy_label -> target_label) for every method that has the field."""
     group = config.get("counterfactual")
@@ -90,6 +91,11 @@ def _add_method_defaults(config: ml_collections.ConfigDict) -> None:
         if name not in group:
             defaults.update({k: v for k, v in flat.items() if k in defaults})
             group[name] = defaults
+        elif isinstance(group[name], ml_collections.ConfigDict):
+            # Fields a method gained since the run (e.g. promptable.first_pass_steps).
+            for field, value in defaults.items():
+                if field not in group[name]:
+                    group[name][field] = value
 
 
 @dataclasses.dataclass

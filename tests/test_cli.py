@@ -160,7 +160,7 @@ def test_make_phantom_errors_are_one_jaxcf_line(tmp_path, capsys):
     assert err.startswith("jaxcf.make_phantom: ") and "invalid choice" in err
     assert len(err.strip().splitlines()) == 1, err
     assert make_phantom.main(["--help"]) == 0
-    assert "Write a procedural phantom dataset" in capsys.readouterr().out
+    assert "Write a phantom dataset" in capsys.readouterr().out
 
 
 def test_brats_layout_error_shows_plain_regexes(tmp_path):

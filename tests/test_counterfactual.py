@@ -150,6 +150,39 @@ def test_diffscm_applies_dynamic_normalisation_at_every_step():
         assert (peak <= 1.0 + 1e-6) == inside, (quantile, peak)
 
 
+def test_diffscm_without_normalisation_falls_back_to_the_space_transform():
+    """quantile=None (and every non-pixel space, where Sec. 3.4 does not apply) keeps the
+    model's own x0 transform, the data-range clip: the counterfactual of 2x-bright data
+    stays in [-0.5, 0.5] when that is the clip, and the method plug-in passes the model's
+    transform through."""
+    bright = 2.0 * np.concatenate([HEALTHY_IMAGES, TUMOUR_IMAGES])
+    model = _model(0.01, healthy=bright[:4], tumour=bright[4:])
+    x = jnp.asarray(bright[4:])
+    clip = functools.partial(D.static_clip, value=0.5)
+    fn = _make(C.make_diffscm, model, SCHEDULE, num_steps=10, quantile=None, x0_transform=clip)
+    peak = float(jnp.max(jnp.abs(fn(x, NULL_COND, _labels(HEALTHY))["counterfactual"])))
+    assert peak <= 0.5 + 1e-6, peak
+
+    from jaxcf.counterfactual import registry
+    from jaxcf.counterfactual.model import MethodModel, null_label
+
+    diffscm = registry.get("diffscm")
+
+    apply, means = _weighted(0.01, healthy=bright[:4], tumour=bright[4:])
+    method_model = MethodModel(
+        apply=apply,
+        schedule=SCHEDULE,
+        null_cond=null_label(2),
+        num_classes=2,
+        space="wavelet",  # no dynamic normalisation outside pixel space
+        x0_transform=clip,
+    )
+    cfg = diffscm.default_config()
+    cfg.num_steps = 10
+    out = diffscm.build(method_model, cfg)(means, {"image": x}, jax.random.key(0))
+    assert float(jnp.max(jnp.abs(out["counterfactual"]))) <= 0.5 + 1e-6
+
+
 def test_diffscm_guidance_scale_and_eager_path():
     x = jnp.asarray(TUMOUR_IMAGES[:2])
     kwargs = dict(null_cond=NULL_COND, target_cond=_labels(HEALTHY, 2), num_steps=20)

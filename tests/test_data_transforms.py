@@ -76,7 +76,7 @@ def test_wdm_volume_pool_path_matches_manual():
     rng = np.random.default_rng(0)
     vol = rng.uniform(0, 10, (16, 16, 12, 2)).astype(np.float32)
     vol[0, 0, 0, 0] = 1e6  # a hot voxel must not squash the range (0.1 / 99.9 clipping)
-    out = T.wdm_volume(vol, volume_size=8)
+    out = T.wdm_volume(vol, volume_size=8, value_range=(0.0, 1.0))
     assert out.shape == (8, 8, 8, 2) and out.dtype == np.float32
     ref = np.empty_like(vol)
     for c in range(2):

@@ -117,3 +117,32 @@ def test_learned_variance_channels_are_not_extrapolated():
     np.testing.assert_allclose(out[..., 3:], 0.2, atol=1e-7)
     every = D.classifier_free_guidance(model, 3.0, null)(x, t, cond)
     np.testing.assert_allclose(every[..., 3:], 0.6, atol=1e-6)
+
+
+def test_promptable_dit_path_keeps_the_conditional_variance(monkeypatch):
+    # The promptable method samples a learned_range model (its latent DiT) with DDPM, whose
+    # step variance comes from the v channels. The eps halves of cond and null agree here,
+    # so a guided run that keeps the conditional v (DiT / GLIDE) equals the unguided
+    # conditional one; extrapolating v (0.6 instead of 0.2) changes every stochastic step.
+    from jaxcf.counterfactual import promptable
+
+    def model(x, t, cond):
+        v = jnp.where(cond["label"] == 0, 0.2, 0.0)[:, None, None, None]
+        return jnp.concatenate([0.1 * x, jnp.broadcast_to(v, x.shape)], axis=-1)
+
+    sched = D.linear(50, variance="learned_range")
+    x0 = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+    region = jnp.ones((2, 8, 8, 1))
+    common = dict(
+        key=jax.random.key(1),
+        cond={"label": jnp.zeros((2,), jnp.int32)},
+        null_cond={"label": jnp.array([2])},
+        num_steps=10,
+    )
+    plain = promptable.promptable_sample(model, sched, x0, region, guidance_scale=None, **common)
+    guided = promptable.promptable_sample(model, sched, x0, region, guidance_scale=3.0, **common)
+    np.testing.assert_allclose(guided, plain, atol=1e-5)
+    # The same run guiding every channel (the formula before the fix) differs.
+    monkeypatch.setattr(promptable, "prediction_channels", lambda schedule, channels: None)
+    every = promptable.promptable_sample(model, sched, x0, region, guidance_scale=3.0, **common)
+    assert float(jnp.max(jnp.abs(every - plain))) > 1e-2

@@ -1,6 +1,8 @@
 """Segmentation metrics: overlap scores on known answers, StreamingAUPRC (exact cases, bounded
 memory, sklearn parity under -m ref), the FLAIR thresholding baseline and the tables."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -149,12 +151,71 @@ def test_clipping_nan_and_no_positives():
     acc.update(np.array([-3.0, 0.5, 7.0]), np.array([False, False, False]))
     assert acc.n_clipped == 2
     np.testing.assert_array_equal(acc.neg, [1, 0, 1, 1])
-    assert np.isnan(acc.result())
+    with pytest.warns(RuntimeWarning, match="1 scores above the histogram range"):
+        assert np.isnan(acc.result())
     assert all(np.isnan(v) for v in acc.ideal_dice())
     with pytest.raises(ValueError, match="NaN"):
         acc.update(np.array([np.nan]), np.array([True]))
     with pytest.raises(ValueError, match="hi > lo"):
         StreamingAUPRC(1.0, 1.0)
+
+
+def test_scores_outside_the_range_are_reported():
+    # A counterfactual that left the data range gives |x - x_cf| > 2 = HEAT_RANGE's top:
+    # those pixels are tied into the top bin, and the result must say how many there were.
+    acc, other = StreamingAUPRC(0.0, 2.0, num_bins=8), StreamingAUPRC(0.0, 2.0, num_bins=8)
+    acc.update(np.array([0.5, 2.5, 37.0, 1.0]), np.array([True, False, False, True]))
+    other.update(np.array([-0.1, 3.0]), np.array([True, True]))
+    assert acc.out_of_range() == {"scores_above_range": 2, "scores_below_range": 0}
+    acc.merge(other)
+    assert acc.out_of_range() == {"scores_above_range": 3, "scores_below_range": 1}
+    assert (acc.n_above, acc.n_below, acc.n_clipped) == (3, 1, 4)
+    with pytest.warns(RuntimeWarning, match=r"3 scores above the histogram range \[0.0, 2.0\]"):
+        acc.result()
+    inside = StreamingAUPRC(0.0, 2.0, num_bins=8)
+    inside.update(np.array([0.5, 1.5]), np.array([False, True]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert inside.result() == 1.0
+    assert inside.out_of_range() == {"scores_above_range": 0, "scores_below_range": 0}
+
+
+def test_the_evaluation_writes_the_out_of_range_counts(tmp_path):
+    # evaluate_split's per-method results (metrics.json) carry the counts beside the AUPRC.
+    import importlib.util
+    import json
+    import pathlib
+
+    from jaxcf.evaluation import benchmark
+    from jaxcf.training.data import ensure_data
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "quickstart.py"
+    spec = importlib.util.spec_from_file_location("quickstart_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = ensure_data(module.get_config("toy").data, tmp_path)
+    seen = []
+
+    def exploded(batch):  # a counterfactual 3 above the image everywhere: |x - x_cf| = 3
+        images = batch["image"]
+        seen.append(benchmark.brain_masks(images).sum())
+        return images + 3.0, np.full(images.shape[:-1], 3.0, np.float32), batch["seg"] > 0
+
+    with pytest.warns(RuntimeWarning, match="above the histogram range"):
+        results, _ = benchmark.evaluate_split(
+            {"exploded": exploded},
+            data,
+            "test",
+            batch_size=4,
+            max_items=4,
+            bins=100,
+            baseline_threshold=0.5,
+            progress=False,
+        )
+    assert results["exploded"]["scores_above_range"] == sum(seen) > 0
+    assert results["exploded"]["scores_below_range"] == 0
+    assert results[benchmark.BASELINE]["scores_above_range"] == 0  # FLAIR stays in [-1, 1]
+    assert json.loads(json.dumps(results))["exploded"]["scores_above_range"] == sum(seen)
 
 
 # ---------------------------------------------------------------- sklearn parity (ref)

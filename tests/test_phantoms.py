@@ -2,6 +2,7 @@
 determinism and the make_phantom CLI (toy sizes, CPU, seconds)."""
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import pathlib
@@ -16,7 +17,7 @@ from scipy import ndimage
 
 from jaxcf.data import make_phantom, phantoms
 from jaxcf.data.errors import DataError
-from jaxcf.data.phantoms import anatomy, brain, cxr, files, lesions
+from jaxcf.data.phantoms import anatomy, brain, calibrate, confounders, cxr, files, lesions
 from jaxcf.data.phantoms.grid import make_grid
 
 NEW_SUFFIXES = ("t1n", "t1c", "t2w", "t2f")
@@ -171,8 +172,9 @@ def test_tumour_sizes_vary_and_leave_healthy_slices():
         case = brain.brats_case("brats2021", index, size=32, seed=5)
         in_brain = (case.tissue > 0).any(axis=(0, 1))
         fractions.append((case.seg > 0).any(axis=(0, 1))[in_brain].mean())
-    assert min(fractions) < 0.3 and max(fractions) > 0.4
-    assert np.mean(fractions) < 0.6
+    # BraTS-sized whole tumours (tens to a few hundred mL) cover ~1/3 to 2/3 of the slices.
+    assert min(fractions) < 0.4 and max(fractions) > 0.45 and max(fractions) - min(fractions) > 0.1
+    assert np.mean(fractions) < 0.65
 
 
 def test_paediatric_tumours_sometimes_enhance_and_use_label_3():
@@ -389,14 +391,12 @@ def test_mni152_needs_nilearn(monkeypatch):
 
     mni152._atlas.cache_clear()
     monkeypatch.setitem(sys.modules, "nilearn", None)
-    with pytest.raises(DataError, match=r"pip install 'jaxcf\[anatomy\]'"):
+    with pytest.raises(DataError, match=r"needs nilearn .*pip install nilearn"):
         brain.brats_case("brats2021", 0, size=16, anatomy="mni152")
     mni152._atlas.cache_clear()
 
 
-@pytest.mark.ref  # nilearn comes with the ref extras (make test-ref)
 def test_mni152_anatomy_renders_real_tissue():
-    pytest.importorskip("nilearn")
     case = brain.brats_case("brats2021", 0, size=32, seed=0, anatomy="mni152")
     t = case.tissue
     for label in (anatomy.CSF, anatomy.GM, anatomy.WM, anatomy.VENTRICLE):
@@ -404,6 +404,51 @@ def test_mni152_anatomy_renders_real_tissue():
     t1 = case.images["t1"]
     assert t1[t == anatomy.WM].mean() > t1[t == anatomy.GM].mean() > t1[t == anatomy.CSF].mean()
     assert case.seg.any() and not case.seg[t == 0].any()
+    assert (t == anatomy.CHOROID).any()  # glomus in the atria, not in the templates
+
+
+def test_mni152_subjects_are_deformed_not_only_scaled():
+    source = anatomy.get_anatomy("mni152", 3.0)
+    a, b = (source.sample(np.random.default_rng(i)) for i in (0, 1))
+    assert np.abs(a.amps).max() > 0.5 and not np.allclose(a.freqs, b.freqs)
+    # The same affine without the waves moves labels: the deformation is real.
+    flat = dataclasses.replace(a, amps=np.zeros_like(a.amps))
+    grid = make_grid(32)
+    x, y, z = np.meshgrid(*grid.axes_mm(), indexing="ij")
+    assert (source.labels(x, y, z, a) != source.labels(x, y, z, flat)).mean() > 0.01
+
+
+def test_flair_confounders_brighten_healthy_white_matter_only_in_the_brain():
+    case = brain.brats_case("brats2021", 1, size=48, seed=0, tumour=False)
+    grid = case.grid
+    fields = [
+        confounders.periventricular(np.random.default_rng(0), case.tissue, grid),
+        confounders.flow_artefacts(np.random.default_rng(3), case.tissue, grid),
+    ]
+    for field in fields:
+        assert not field[case.tissue == 0].any() and (field >= 0).all()
+    caps = fields[0]
+    next_to_ventricle = ndimage.binary_dilation(case.tissue == anatomy.VENTRICLE, iterations=1)
+    wm = case.tissue == anatomy.WM
+    assert caps[next_to_ventricle & wm].mean() > 3 * caps[~next_to_ventricle & wm].mean()
+    # Healthy re-renders share the confounders: FLAIR far from the tumour is the same.
+    sick = brain.brats_case("brats2021", 1, size=48, seed=0)
+    far = ~ndimage.binary_dilation(sick.seg > 0, iterations=4) & (case.tissue > 0)
+    same = np.isclose(sick.images["flair"][far], case.images["flair"][far], rtol=0.02)
+    assert same.mean() > 0.9
+
+
+def test_flair_threshold_calibration_on_held_out_mni152_phantoms():
+    # Diff-SCM's protocol (every slice, pooled over brain pixels) on 8 held-out 64^3 cases,
+    # ~3 s. Paper 001's real BraTS 2021 values are 68.4 / 66.7; a 64-case set of these
+    # phantoms gives 70.5 / 64.0 (docs/data.md), but 8 cases spread by ~+-13 points from seed
+    # to seed (16-case sets: AUPRC 66-90), so this checks the band [55, 95] that separates
+    # the calibrated phantoms from the uncalibrated ones (procedural, no confounders: ~36 / 40)
+    # and from trivially easy ones (> 95), not the +-8 of the full calibration.
+    result = calibrate.calibrate(cases=8, size=64)
+    assert result.slices > 200 and result.tumour_pixels > 0.02 * result.brain_pixels
+    assert 55.0 <= result.auprc <= 95.0
+    assert 55.0 <= result.ideal_dice <= 92.0
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -125,13 +125,26 @@ def test_otsu_separates_two_levels_and_handles_constant():
 def test_difference_map_numbers():
     x = np.array([[[0.0, 0.004, -0.004, 0.5]]])
     cf = np.array([[[0.0, 0.0, 0.0, -0.5]]])
-    # [-1, 1] images: d = 255 (x - cf) / 2; out = rint(|4 d - 2|) saturated to 0..255.
+    # [-1, 1] images: d = 255 |x - cf| / 2; out = rint(|4 d - 2|) saturated to 0..255.
     out = difference_map(x, cf)
     assert out.dtype == np.uint8
-    np.testing.assert_array_equal(out[0, 0], [2, 0, 4, 255])
+    np.testing.assert_array_equal(out[0, 0], [2, 0, 0, 255])
     # [0, 1] images: d = 255 (x - cf); 0.01 -> |10.2 - 2| = 8.2 -> 8.
     out01 = difference_map(np.full((1, 1, 1), 0.01), np.zeros((1, 1, 1)), value_range=(0.0, 1.0))
     assert out01[0, 0, 0] == 8
+
+
+def test_difference_map_is_symmetric_in_the_sign_of_the_difference():
+    # Paper 000 Eq. 1: D = |I_f - I_c| BEFORE the x255 / alpha 4 / beta -2 map, so a
+    # hyperintense and a hypointense change of the same size score the same. x - cf =
+    # +-2/255 of a [-1, 1] image is d = +-1 grey level: |4 * 1 - 2| = 2 for both signs
+    # (taking |.| after the map gave 2 and |-4 - 2| = 6).
+    rng = np.random.default_rng(0)
+    cf = rng.uniform(-0.5, 0.5, (6, 6, 4))
+    delta = np.array([2 / 255, 0.01, 0.06, 0.6])
+    up, down = difference_map(cf + delta, cf), difference_map(cf - delta, cf)
+    np.testing.assert_array_equal(up, down)
+    np.testing.assert_array_equal(up[0, 0], [2, 3, 29, 255])
 
 
 def test_match_histograms_undoes_monotone_drift():

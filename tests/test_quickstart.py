@@ -24,12 +24,18 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
     workdir = tmp_path / "quickstart"
     assert demo.main(["--workdir", str(workdir), "--toy"]) == 0
     printed = capsys.readouterr().out
-    for row in ("Thresholding (FLAIR)", "Diff-SCM", "Promptable"):
+    rows = (
+        "Thresholding (FLAIR)",
+        "Diff-SCM",
+        "Promptable (oracle box)",
+        "Promptable (heatmap box)",
+    )
+    for row in rows:
         assert f"| {row} |" in printed
 
     record = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
     results = record["results"]
-    assert set(results) == {"threshold", "diffscm", "promptable"}
+    assert set(results) == {"threshold", "diffscm", "promptable", "promptable_heatmap_box"}
     counts = {row["slices"] for row in results.values()}
     assert len(counts) == 1 and 1 <= counts.pop() <= 16  # --toy: at most 16 tumour slices
     for name, row in results.items():

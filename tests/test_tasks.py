@@ -57,12 +57,12 @@ def test_spaces_round_trip_and_carry_their_x0_transform(key):
     pixel, frozen = spaces.build_space(tiny_config(), key)
     assert isinstance(pixel, spaces.PixelSpace) and frozen == {}
     np.testing.assert_array_equal(pixel.decode({}, pixel.encode({}, x)), x)
-    assert pixel.x0_transform is D.static_clip
+    assert pixel.value_range == (-1.0, 1.0) and pixel.x0_transform.func is D.static_clip
 
     config = tiny_config()
     config.diffusion.space = "wavelet"
     wave, frozen = spaces.build_space(config, key)
-    assert frozen == {} and wave.x0_transform is wavelet.wavelet_clip
+    assert frozen == {} and wave.x0_transform.func is wavelet.wavelet_clip
     coeffs = wave.encode({}, x)
     assert coeffs.shape == (2, 4, 4, 12)  # 4 Haar sub-bands per channel
     np.testing.assert_allclose(coeffs, wavelet.to_wavelet(x))
@@ -73,6 +73,77 @@ def test_spaces_round_trip_and_carry_their_x0_transform(key):
     config.diffusion.space = "fourier"
     with pytest.raises(ValueError, match=r"diffusion\.space must be one of .*'fourier'"):
         spaces.build_space(config, key)
+
+
+def _wild(params, x, t, cond, **kwargs):
+    # A badly trained denoiser: eps predictions 30x too large, of alternating sign.
+    return 30.0 * jnp.sign(jnp.sin(7.0 * jnp.arange(x.size).reshape(x.shape) + 1.0))
+
+
+@pytest.mark.parametrize(
+    "space,task,value_range",
+    [
+        ("pixel", "slices2d", (-1.0, 1.0)),
+        ("pixel", "volumes", (0.0, 1.0)),
+        ("wavelet", "volumes", (-1.0, 1.0)),
+        ("wavelet", "volumes", (0.0, 1.0)),
+    ],
+)
+def test_samples_of_a_wild_model_stay_in_the_data_range(key, space, task, value_range):
+    # guided-diffusion (clip_denoised=True) and diffusers (clip_sample=True) clip the x0
+    # estimate to the data range by default; previews and methods here do the same.
+    config = tiny_config("label")
+    config.data.task = task
+    config.data.value_range = value_range
+    config.diffusion.space = space
+    task_ = make_task(config, key)
+    task_.model_apply = _wild
+    lo, hi = value_range
+    batch = {"image": jnp.zeros((2, 8, 8, 1)), "label": jnp.array([0, 1])}
+    out = np.asarray(task_.preview(task_.params, task_.frozen, batch, key, 2))
+    assert out.min() >= lo - 1e-5 and out.max() <= hi + 1e-5
+    assert out.min() < lo + 0.05 and out.max() > hi - 0.05  # the clip binds at both ends
+    # What load_trained hands to the methods (Diff-SCM, promptable) clips the same way.
+    trained = TrainedModel(config, task_, task_.params, task_.frozen, 0)
+    model = trained.method_model()
+    x_T = jax.random.normal(key, task_.encode({}, batch["image"]).shape)
+    x0 = D.ddim_sample(
+        model.model_fn(trained.weights),
+        task_.schedule,
+        x_T,
+        num_steps=5,
+        cond={"label": jnp.array([0, 1])},
+        x0_transform=model.x0_transform,
+    )
+    image = np.asarray(task_.decode({}, x0))
+    assert image.min() >= lo - 1e-5 and image.max() <= hi + 1e-5
+    assert spaces.data_range(config) == value_range
+
+
+def test_no_clip_where_the_data_range_is_unknown(key):
+    config = tiny_config("label")
+    config.data.task = "seg3d"  # z-scored volumes: no fixed range
+    assert spaces.data_range(config) is None
+    assert spaces.build_space(config, key)[0].x0_transform is None
+    config = tiny_config("image")
+    config.diffusion.target = "seg"  # a segmentation's labels: no declared range
+    assert spaces.data_range(config) is None
+
+
+@pytest.mark.parametrize("name", ["wdm_ms", "wdm_adni"])
+def test_wdm_configs_train_on_minus_one_to_one_and_clip_there(key, name):
+    # wdm-3d trains on volumes renormalised to [-1, 1] (--renormalize=True); wavelet_clip's
+    # bound must be the range the config declares, whatever it is.
+    for toy in (False, True):
+        config = _load_config(name, "toy" if toy else None)
+        assert tuple(config.data.value_range) == (-1.0, 1.0)
+        for value_range in ((-1.0, 1.0), (0.0, 1.0)):
+            config.data.value_range = value_range
+            space, _ = spaces.build_space(config, key)
+            assert isinstance(space, spaces.WaveletSpace)
+            coeffs = 5.0 * jax.random.normal(key, (1, 4, 4, 4, 8))
+            image = np.asarray(space.decode({}, space.x0_transform(coeffs)))
+            np.testing.assert_allclose([image.min(), image.max()], value_range, atol=1e-5)
 
 
 def test_the_task_is_composed_once_from_the_config(key):
@@ -162,7 +233,8 @@ def test_apply_kwargs_pass_through_to_the_network(key):
     model.model_fn(trained.weights, control="c2")(x, t, cond)
     assert seen[-1][1] == {"dropout_key": None, "control": "c2"}
     np.testing.assert_array_equal(seen[-1][0]["label"], [0, 1])
-    assert model.x0_transform is D.static_clip and model.num_classes == 2
+    assert model.x0_transform is task.space_impl.x0_transform and model.num_classes == 2
+    assert model.x0_transform.func is D.static_clip
     assert trained.conditioner is task.conditioner and trained.tokenizer is None
 
 
@@ -203,11 +275,11 @@ def test_target_seg_diffuses_the_segmentation_given_the_image(key):
 # -- frozen weights out of the training state ----------------------------------------------------
 
 
-def _load_config(name: str):
+def _load_config(name: str, arg: str | None = None):
     spec = importlib.util.spec_from_file_location(f"config_{name}", REPO / "configs" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg)
 
 
 def test_checkpoints_hold_no_frozen_weights_and_inference_rebuilds_them(tmp_path):

@@ -41,3 +41,11 @@ def test_percentile_scale_mistake_is_refused(fn):
     # diffusers-Flax's bug: 99.5 on a 0-1 scale silently turns thresholding into clipping.
     with pytest.raises(ValueError, match=r"pass 0\.995"):
         fn(jnp.ones((1, 2, 2, 1)), quantile=99.5)
+
+
+def test_static_clip_to_a_data_range():
+    x = jnp.array([-3.0, 0.25, 1.5])
+    np.testing.assert_array_equal(D.static_clip(x, (0.0, 1.0)), [0.0, 0.25, 1.0])
+    np.testing.assert_array_equal(jax.jit(D.static_clip)(x, 0.5), [-0.5, 0.25, 0.5])
+    with pytest.raises(ValueError, match="hi > lo"):
+        D.static_clip(x, (1.0, 0.0))

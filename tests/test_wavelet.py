@@ -233,6 +233,9 @@ def test_wavelet_clip_brings_image_into_range(shape):
     # A different bound and lll_scale.
     img2 = np.asarray(W.from_wavelet(W.wavelet_clip(W.to_wavelet(x, 2.0), 2.0, 0.5), 2.0))
     np.testing.assert_allclose(img2, np.clip(x, -0.5, 0.5), rtol=0, atol=2e-6)
+    # A data range (lo, hi), e.g. volumes prepared in (0, 1).
+    img3 = np.asarray(W.from_wavelet(W.wavelet_clip(c, value=(0.0, 1.0))))
+    np.testing.assert_allclose(img3, np.clip(x, 0.0, 1.0), rtol=0, atol=2e-6)
 
 
 def test_jit():

@@ -26,7 +26,12 @@ from jaxcf.counterfactual.promptable import (
     regenerate,
     remove,
 )
-from jaxcf.counterfactual.prompts import box_regions, prompt_regions, random_region
+from jaxcf.counterfactual.prompts import (
+    box_regions,
+    heatmap_box,
+    prompt_regions,
+    random_region,
+)
 from jaxcf.counterfactual.runner import MethodRunner
 
 __all__ = [
@@ -36,6 +41,7 @@ __all__ = [
     "box_regions",
     "difference_map",
     "diffscm",
+    "heatmap_box",
     "latent_region",
     "make_diffscm",
     "make_promptable",

@@ -29,6 +29,7 @@ from jaxcf.diffusion.guidance import (
 )
 from jaxcf.diffusion.samplers import (
     ModelFn,
+    Transform,
     ddim_invert,
     ddim_sample,
     flow_invert,
@@ -71,6 +72,7 @@ def diffscm(
     strength: float = 0.75,
     guidance_scale: float | jax.Array = 3.0,
     quantile: float | None = 0.99,
+    x0_transform: Transform = None,
     model_time: str = "current",
     spacing: str = "leading",
 ) -> dict[str, jax.Array]:
@@ -88,6 +90,8 @@ def diffscm(
       strength: encoding depth L as a fraction of num_steps (paper: 0.75).
       guidance_scale: w in eps = w eps(c) + (1 - w) eps(null) (paper: 3).
       quantile: s of dynamic normalisation (paper: 0.99); None disables it.
+      x0_transform: the x0 transform used where quantile is None (e.g. the space's
+        data-range clip: jaxcf.counterfactual.MethodModel.x0_transform).
       model_time: "current" evaluates the encoder's denoiser at the level of its input,
         as guided-diffusion's ddim_reverse_sample (Diff-SCM's reference); "target" at the
         level it steps to (see jaxcf.diffusion.ddim_invert).
@@ -101,7 +105,11 @@ def diffscm(
     _check(x, strength, guidance_scale)
     # Sec. 3.4: th = max(1, quantile(|x0|, s)); x0 <- clip(x0, -th, th) / th at EVERY step of
     # both halves, so guided x0 estimates never saturate and the latent stays manipulable.
-    norm = None if quantile is None else functools.partial(dynamic_normalization, quantile=quantile)
+    norm = (
+        x0_transform
+        if quantile is None
+        else functools.partial(dynamic_normalization, quantile=quantile)
+    )
     # Alg. 1 "Encoding": eq. 2 with t -> t + 1 and c = null, L steps. The encoder needs the
     # null condition per example (the same pytree shapes as the target).
     common = dict(num_steps=num_steps, strength=strength, x0_transform=norm)
@@ -133,6 +141,7 @@ def make_diffscm(
     strength: float = 0.75,
     guidance_scale: float = 3.0,
     quantile: float | None = 0.99,
+    x0_transform: Transform = None,
     model_time: str = "current",
     spacing: str = "leading",
 ) -> DiffSCMFn:
@@ -161,6 +170,7 @@ def make_diffscm(
             strength=strength,
             guidance_scale=guidance_scale,
             quantile=quantile,
+            x0_transform=x0_transform,
             model_time=model_time,
             spacing=spacing,
         )
@@ -203,6 +213,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> MethodFn:
         # Sec. 3.4's normalisation assumes pixels in [-1, 1]; VAE latents and Haar sub-bands
         # have other ranges, so they keep their space's own transform (none for latents).
         quantile=float(cfg.quantile) if cfg.quantile and model.space == "pixel" else None,
+        x0_transform=model.x0_transform,
         model_time=str(cfg.model_time),
         spacing=str(cfg.spacing),
     )

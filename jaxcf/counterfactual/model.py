@@ -57,8 +57,9 @@ class MethodModel:
       every step; the identity for labels. Prepare null conditions the same way.
     space: "pixel" | "latent" | "wavelet" (how encode / decode relate pixels and x0).
     num_classes: label models' number of classes (0 otherwise).
-    x0_transform: the x0 estimate's transform where the data range is known (pixel models
-      trained on [-1, 1]: static_clip, as guided-diffusion's clip_denoised); None otherwise.
+    x0_transform: the x0 estimate's transform where the data range is known: a clip to the
+      data range (jaxcf.training.spaces.data_range; as guided-diffusion's clip_denoised) in
+      pixel space, wavelet_clip for Haar sub-bands; None otherwise (latents, z-scores).
     """
 
     apply: Apply

@@ -34,9 +34,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxcf.counterfactual.diffscm import build as build_diffscm
+from jaxcf.counterfactual.diffscm import default_config as diffscm_config
 from jaxcf.counterfactual.diffscm import difference_map
 from jaxcf.counterfactual.model import MethodModel
-from jaxcf.counterfactual.prompts import REGIONS, prompt_regions
+from jaxcf.counterfactual.prompts import REGIONS, heatmap_box, prompt_regions
 from jaxcf.diffusion import process
 from jaxcf.diffusion.guidance import classifier_free_guidance, prediction_channels
 from jaxcf.diffusion.samplers import (
@@ -419,6 +421,14 @@ def position_transfer(
 # --- the method plug-in (jaxcf.counterfactual.registry) -------------------------------------
 
 LABEL = "Promptable"
+# How tables name each prompt: "box" and "seg" come from the ground truth (an oracle).
+REGION_LABELS = {
+    "box": "oracle box",
+    "seg": "oracle mask",
+    "brain": "whole brain",
+    "heatmap_box": "heatmap box",
+    "file": "given region",
+}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -428,12 +438,23 @@ def default_config() -> ml_collections.ConfigDict:
             "num_steps": 100,  # respaced ancestral (DDPM) steps
             "guidance_scale": 3.0,  # classifier-free guidance toward the target
             "target_label": 0,  # the intervention: 0 = healthy
-            # the region to regenerate: box (the tumour's bounding box plus box_margin
-            # pixels: a box prompt, as a user would draw) | brain (the whole brain: no
-            # prompt) | seg (the tumour mask) | file (--mask)
+            # the region to regenerate (jaxcf.counterfactual.prompts):
+            #   box: ORACLE, the ground-truth tumour's bounding box plus box_margin pixels
+            #     (paper 000's evaluation; healthy slices get no box, so nothing to find)
+            #   heatmap_box: NON-ORACLE, the box (plus box_margin) around the hottest blob
+            #     of a first, unprompted Diff-SCM pass (paper 000's "CF" baseline [17]) with
+            #     the same model: the box a user would draw from that heatmap
+            #   brain: the whole brain (no prompt) | seg: ORACLE tumour mask | file: --mask
             "region": "box",
             "box_margin": 3,
-            "resample_jump": 0,  # RePaint resampling (paper 000 defaults: 10, 10); 0 = off
+            # heatmap_box's first pass: respaced DDIM steps (0 = num_steps), encoding depth
+            # L (Diff-SCM's 0.75), and the blob: pixels at >= box_fraction of the peak heat
+            "first_pass_steps": 0,
+            "first_pass_strength": 0.75,
+            "box_fraction": 0.5,
+            # RePaint resampling (Lugmayr et al. 2022's defaults: jump 10, 10 resamplings;
+            # paper 000 gives none); 0 = off
+            "resample_jump": 0,
             "resample_count": 0,
             "known": "posterior",  # known region: posterior (Alg. 1) | forward (RePaint)
             "start_strength": 1.0,  # < 1: start from the noised input (extension)
@@ -441,11 +462,19 @@ def default_config() -> ml_collections.ConfigDict:
     )
 
 
+def describe(cfg: ml_collections.ConfigDict) -> str:
+    """The method's name in tables with its prompt, e.g. "Promptable (oracle box)"."""
+    return f"{LABEL} ({REGION_LABELS.get(str(cfg.region), str(cfg.region))})"
+
+
 def prepare(batch: dict, cfg: ml_collections.ConfigDict) -> dict:
     """Host side: {"image" (B, S, S, C), "seg" (B, S, S) or "given_region" (B, S, S)} ->
-    {"image", "region" (B, S, S) bool}: the mask prompt of cfg.region, cut to the brain."""
+    {"image", "region" (B, S, S) bool}: the mask prompt of cfg.region, cut to the brain.
+    region=heatmap_box is drawn on the device (build), so only the images go there."""
     if "region" in batch:
         return batch
+    if cfg.region == "heatmap_box":
+        return {"image": batch["image"]}
     region = prompt_regions(
         str(cfg.region),
         np.asarray(batch["image"]),
@@ -456,9 +485,51 @@ def prepare(batch: dict, cfg: ml_collections.ConfigDict) -> dict:
     return {"image": batch["image"], "region": region}
 
 
+def first_pass_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """counterfactual.diffscm settings of heatmap_box's unprompted first pass: Diff-SCM's
+    defaults with this method's steps, guidance and target."""
+    first = diffscm_config()
+    steps = int(cfg.get("first_pass_steps", 0)) or int(cfg.num_steps)
+    first.update(
+        num_steps=steps,
+        strength=float(cfg.get("first_pass_strength", 0.75)),
+        guidance_scale=float(cfg.guidance_scale),
+        target_label=int(cfg.target_label),
+    )
+    return first
+
+
+def _heatmap_prompt(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
+    """fn(weights, x (B, H, W, C), key) -> (B, H, W) bool heatmap_box region of 2-D slices."""
+    settings = first_pass_config(cfg)
+    if int(cfg.get("first_pass_steps", 0)) < 0 or not 0.0 < settings.strength <= 1.0:
+        raise InputError(
+            "counterfactual.promptable.first_pass_steps must be >= 0 and first_pass_strength "
+            f"in (0, 1], got {cfg.get('first_pass_steps')} and {settings.strength}"
+        )
+    fraction = float(cfg.get("box_fraction", 0.5))
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(
+            f"counterfactual.promptable.box_fraction must be in (0, 1], got {fraction}"
+        )
+    first = build_diffscm(model, settings)
+    margin = int(cfg.box_margin)
+
+    def region(weights: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise InputError(f"region=heatmap_box draws boxes on 2-D slices, got images {x.shape}")
+        heat = first(weights, {"image": x}, jax.random.fold_in(key, 1))["heatmap"]
+        brain = jnp.any(x != -1.0, axis=-1)  # background -1, as prompts.brain_masks
+        return heatmap_box(heat, brain, margin, fraction)
+
+    return region
+
+
 def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     """fn(weights, {"image": (B, ..., C), "region": (B, ...)}, key) ->
-    {"counterfactual", "heatmap", "region" (B, ...) float32}.
+    {"counterfactual", "heatmap", "region" (B, ...) float32}. With region=heatmap_box the
+    batch has no region: a first Diff-SCM pass's heatmap draws it, inside the same
+    compiled function.
 
     Pixel models sample in pixel space with the model's x0 transform (the data-range
     clip); latent models sample the VAE latents (model.encode / decode) with the region
@@ -475,6 +546,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
         )
     if cfg.known not in KNOWN_MODES:
         raise InputError(f"counterfactual.promptable.known must be one of {KNOWN_MODES}")
+    drawn = _heatmap_prompt(model, cfg) if cfg.region == "heatmap_box" else None
     pixel = model.space == "pixel"
     options = dict(
         num_steps=int(cfg.num_steps),
@@ -487,6 +559,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
 
     def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
         x = batch["image"]
+        region = batch["region"] if drawn is None else drawn(weights, x, key)
         target, null = model.conditions(weights, model.label_cond(target_label, x.shape[0]))
         codec = {}
         if not pixel:
@@ -498,13 +571,13 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
             model.model_fn(weights),
             model.schedule,
             x,
-            batch["region"],
+            region,
             key=key,
             cond=target,
             null_cond=null,
             **codec,
             **options,
         )
-        return {**out, "region": as_region(batch["region"], x)[..., 0]}
+        return {**out, "region": as_region(region, x)[..., 0]}
 
     return fn

@@ -1,9 +1,15 @@
 """Mask prompts for the promptable method: where a counterfactual may change the image.
 
-    region = prompt_regions("box", images, seg, margin=3)    # host side, numpy
+    region = prompt_regions("box", images, seg, margin=3)    # host side, numpy (ORACLE)
+    region = heatmap_box(heatmap, brain, margin=3)           # jit-able, no ground truth
     region = random_region(key, x.shape, brain_mask)         # jit-able, for regeneration
 
 Convention (as jaxcf.counterfactual.promptable): 1 = regenerate, 0 = keep.
+
+"box" and "seg" are drawn from the ground-truth tumour: an oracle prompt (it also tells
+which slices are healthy, since their box is empty). "heatmap_box" is the box a user
+would draw around the hottest blob of a first, unprompted counterfactual's heatmap, and
+"brain" prompts the whole brain: neither sees the ground truth.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from scipy import ndimage
 from jaxcf.errors import InputError
 from jaxcf.evaluation.postprocess import foreground_mask
 
-REGIONS = ("box", "brain", "seg", "file")
+REGIONS = ("box", "brain", "seg", "file", "heatmap_box")
 
 
 def brain_masks(images: np.ndarray) -> np.ndarray:
@@ -50,7 +56,13 @@ def prompt_regions(
     """The region to regenerate, (B, S, S) bool, cut to the brain.
 
     kind: "box" (seg's bounding box + margin), "seg" (seg dilated by one pixel), "brain"
-    (no prompt: the whole brain) or "file" (`given`, e.g. read with --mask)."""
+    (no prompt: the whole brain) or "file" (`given`, e.g. read with --mask). "heatmap_box"
+    needs a first counterfactual pass: the method draws it on the device (heatmap_box)."""
+    if kind == "heatmap_box":
+        raise InputError(
+            "counterfactual.promptable.region='heatmap_box' is drawn by the method from its "
+            "first pass's heatmap (prompts.heatmap_box), not from the batch"
+        )
     brain = brain_masks(images)
     if kind == "brain":
         region = brain
@@ -73,6 +85,71 @@ def prompt_regions(
     else:
         raise InputError(f"counterfactual.promptable.region must be one of {REGIONS}, got {kind!r}")
     return region & brain
+
+
+def _dilate4(mask: jax.Array) -> jax.Array:
+    """(B, H, W) bool -> the mask grown by one pixel to its 4-neighbours."""
+    padded = jnp.pad(mask, ((0, 0), (1, 1), (1, 1)))
+    return (
+        mask
+        | padded[:, :-2, 1:-1]
+        | padded[:, 2:, 1:-1]
+        | padded[:, 1:-1, :-2]
+        | padded[:, 1:-1, 2:]
+    )
+
+
+def peak_blob(heatmap: jax.Array, brain: jax.Array, fraction: float = 0.5) -> jax.Array:
+    """The blob a reader sees in a heatmap: (B, H, W) heatmaps and bool brain masks ->
+    (B, H, W) bool, the 4-connected pixels at >= `fraction` of the slice's peak (after a
+    3 x 3 mean, so one noisy pixel is no blob) that hold the peak. Empty where the brain's
+    heat is all zero. Jit-able (a flood fill from the peak)."""
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"peak fraction must be in (0, 1], got {fraction}")
+    heat = jnp.where(brain, jnp.asarray(heatmap, jnp.float32), 0.0)
+    window = (1, 3, 3)
+    heat = jax.lax.reduce_window(heat, 0.0, jax.lax.add, window, (1, 1, 1), "SAME") / 9.0
+    heat = jnp.where(brain, heat, 0.0)
+    b, h, w = heat.shape
+    flat = heat.reshape(b, -1)
+    peak = flat.max(axis=1)
+    hot = (heat >= fraction * peak[:, None, None]) & (heat > 0)
+    seed = (jnp.arange(h * w)[None] == jnp.argmax(flat, axis=1)[:, None]).reshape(b, h, w)
+
+    def grow(state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        blob, _ = state
+        grown = _dilate4(blob) & hot
+        return grown, jnp.any(grown != blob)
+
+    blob, _ = jax.lax.while_loop(lambda s: s[1], grow, (seed & hot, jnp.array(True)))
+    return blob
+
+
+def bounding_boxes(mask: jax.Array, margin: int) -> jax.Array:
+    """(B, H, W) bool -> (B, H, W) bool: each slice's bounding box of `mask` grown by
+    `margin` pixels (clipped to the image), empty where the mask is; box_regions on the
+    device."""
+    _, h, w = mask.shape
+
+    def extent(hit: jax.Array, n: int) -> jax.Array:  # (B, n) bool -> (B, n) in-box
+        index = jnp.arange(n)
+        first = jnp.min(jnp.where(hit, index, n), axis=1, keepdims=True)
+        last = jnp.max(jnp.where(hit, index, -1), axis=1, keepdims=True)
+        return (index >= first - margin) & (index <= last + margin) & hit.any(1, keepdims=True)
+
+    rows, cols = extent(mask.any(axis=2), h), extent(mask.any(axis=1), w)
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def heatmap_box(
+    heatmap: jax.Array, brain: jax.Array, margin: int = 3, fraction: float = 0.5
+) -> jax.Array:
+    """The NON-ORACLE box prompt: (B, H, W) heatmaps of a first, unprompted counterfactual
+    and bool brain masks -> (B, H, W) bool, the bounding box (+ margin) of the hottest blob
+    (peak_blob), cut to the brain: the box a user would draw around what the first pass
+    highlights. It never sees the ground truth, so healthy slices get a box too."""
+    brain = jnp.asarray(brain, bool)
+    return bounding_boxes(peak_blob(heatmap, brain, fraction), margin) & brain
 
 
 def random_region(

@@ -11,8 +11,9 @@ A method is a module exporting
         / "mask". fn is pure (the runner jits it with the weights as an argument).
 
 and optionally `prepare(batch, cfg) -> batch` (host-side numpy inputs the method needs,
-e.g. the promptable method's mask prompt from a box or a file). Adding a method is one
-module and one line in METHODS.
+e.g. the promptable method's mask prompt from a box or a file) and `describe(cfg) -> str`
+(its name in tables under those settings, e.g. "Promptable (oracle box)"). Adding a
+method is one module and one line in METHODS.
 """
 
 from __future__ import annotations
@@ -47,8 +48,13 @@ def get(name: str) -> ModuleType:
     return module
 
 
-def label(name: str) -> str:
-    return get(name).LABEL
+def label(name: str, cfg: ml_collections.ConfigDict | None = None) -> str:
+    """The method's name in tables: describe(cfg) where the module has it and cfg is
+    given (the settings that change what a row means, e.g. an oracle prompt), else LABEL."""
+    module = get(name)
+    if cfg is not None and hasattr(module, "describe"):
+        return module.describe(cfg)
+    return module.LABEL
 
 
 def default_configs() -> ml_collections.ConfigDict:

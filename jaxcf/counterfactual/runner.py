@@ -65,7 +65,8 @@ class MethodRunner:
 
     @property
     def label(self) -> str:
-        return self.module.LABEL
+        """The method's name in tables under this runner's settings (registry.label)."""
+        return registry.label(self.name, self.cfg)
 
     def prepare(self, batch: dict) -> dict:
         """The method's inputs: its `prepare` (e.g. the mask prompt) when it has one, else

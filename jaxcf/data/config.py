@@ -86,7 +86,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     volume_size: side of WDM cubes (128 in WDM; 240 x 240 x 155 -> pad 256 -> pool 2).
     channels: image channels of the dataset (derived from ``dataset``: BraTS 4 modalities,
         MS / ADNI / CXR 1); experiment configs derive the model's input channels from it.
-    value_range: (lo, hi) of WDM volumes after min-max ((0, 1) as WDM; (-1, 1) also common).
+    value_range: (lo, hi) of WDM volumes after min-max: (-1, 1) as WDM trains (wdm-3d
+        ``--renormalize=True``: 2x - 1); samplers clip the x0 estimate to it
+        (jaxcf.training.spaces: static_clip / wavelet_clip to the data range).
     min_brain_fraction: slices2d skips axial slices with less brain than this fraction.
     splits: (train, val, test) case fractions; splits are by case, seeded by ``seed``.
     batch_size: GLOBAL batch; each of ``shard_count`` hosts gets batch_size // shard_count.
@@ -106,8 +108,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     pos_fraction: seg3d probability of a crop centred on tumour (0.5: balanced pos / neg).
     drop_remainder_eval: eval mode drops the last partial batch instead of padding it
         (padding keeps shapes fixed; padded rows have ``valid`` False).
-    phantom.cases / size / tumour_free_fraction: the phantom dataset the loop writes when
-        ``root`` is None (number of cases, volume side, share of cases without a lesion).
+    phantom.cases / size / tumour_free_fraction / anatomy: the phantom dataset the loop writes
+        when ``root`` is None (number of cases, volume side, share of cases without a lesion,
+        brain anatomy: mni152 = real MNI152 anatomy with per-subject deformation, the
+        default; procedural = fast geometric heads for unit tests). docs/data.md.
     """
     c = ml_collections.ConfigDict()
     c.dataset = "brats2021"
@@ -117,7 +121,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.image_size = 64
     c.volume_size = 128
     c.channels = derived(channels_of, c.get_ref("dataset"))
-    c.value_range = (0.0, 1.0)
+    c.value_range = (-1.0, 1.0)
     c.min_brain_fraction = 0.05
     c.splits = (0.7, 0.15, 0.15)
     c.batch_size = 64
@@ -136,4 +140,5 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.phantom.cases = 16
     c.phantom.size = 48
     c.phantom.tumour_free_fraction = 0.25
+    c.phantom.anatomy = "mni152"
     return c

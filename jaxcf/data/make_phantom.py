@@ -1,4 +1,4 @@
-"""Write a procedural phantom dataset in a real dataset's on-disk layout.
+"""Write a phantom dataset in a real dataset's on-disk layout.
 
     python -m jaxcf.data.make_phantom --kind brats2021 --out /tmp/brats --cases 16 --size 64
 
@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--anatomy",
         choices=ANATOMIES,
-        default="procedural",
-        help="brain anatomy: procedural (default) or mni152 (needs nilearn)",
+        default=None,
+        help="brain anatomy: mni152 (default for brain kinds: real MNI152 anatomy) or "
+        "procedural (fast geometric heads; the only choice for cxr)",
     )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty directory")
     parser.add_argument(
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             args.size,
             args.seed,
             tumour_free_fraction=args.tumour_free_fraction,
-            anatomy=args.anatomy,
+            anatomy=args.anatomy or ("procedural" if args.kind == "cxr" else "mni152"),
             overwrite=args.overwrite,
             workers=args.workers or auto_workers(args.kind, args.cases, args.size),
             progress=not args.no_progress,

@@ -258,7 +258,7 @@ def prepare_dataset(
     *,
     image_size: int = 64,
     volume_size: int = 128,
-    value_range: Sequence[float] = (0.0, 1.0),
+    value_range: Sequence[float] = (-1.0, 1.0),
     min_brain_fraction: float = 0.05,
     splits: Sequence[float] = (0.7, 0.15, 0.15),
     seed: int = 0,
@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--task", required=True, choices=TASKS)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--volume-size", type=int, default=128)
-    ap.add_argument("--value-range", type=float, nargs=2, default=(0.0, 1.0))
+    ap.add_argument("--value-range", type=float, nargs=2, default=(-1.0, 1.0))
     ap.add_argument("--min-brain-fraction", type=float, default=0.05)
     ap.add_argument("--splits", type=float, nargs=3, default=(0.7, 0.15, 0.15))
     ap.add_argument("--seed", type=int, default=0)

@@ -103,7 +103,7 @@ def diffscm_slices(
 
 
 # ----------------------------------------------------------------------------------------------
-# WDM (Friedrich et al. 2024; wdm-3d bratsloader): volumes in [0, 1] on a cube
+# WDM (Friedrich et al. 2024; wdm-3d bratsloader): volumes in [-1, 1] on a cube
 # ----------------------------------------------------------------------------------------------
 def cube_geometry(shape: tuple[int, ...], volume_size: int) -> tuple[int, int | None]:
     """Cube side to zero-pad a (X, Y, Z) volume to, and the integer average-pool factor down to
@@ -126,13 +126,15 @@ def _pad_cube(x: np.ndarray, side: int) -> np.ndarray:
 
 
 def wdm_volume(
-    volume: np.ndarray, volume_size: int = 128, value_range: tuple[float, float] = (0.0, 1.0)
+    volume: np.ndarray, volume_size: int = 128, value_range: tuple[float, float] = (-1.0, 1.0)
 ) -> np.ndarray:
     """(X, Y, Z, C) raw -> (S, S, S, C) float32 in ``value_range``, S = ``volume_size``.
 
     Per modality clip to the 0.1 / 99.9 percentiles of the whole volume and min-max to [0, 1]
     (wdm-3d: robust to single hot voxels), zero-pad to a cube (zero = the minimum, i.e.
-    background), average-pool by the integer factor (or resize), then map to ``value_range``.
+    background), average-pool by the integer factor (or resize), then map to ``value_range``
+    (default [-1, 1]: wdm-3d trains with ``--renormalize=True``, 2x - 1, and its
+    ``clip_denoised`` clamps to [-1, 1]).
     """
     out = np.empty(volume.shape, np.float32)
     for c in range(volume.shape[-1]):
@@ -336,7 +338,7 @@ class WDMPreprocess(grain.transforms.Map):
     """Map form of :func:`wdm_volume` / :func:`wdm_seg` on a volume record."""
 
     volume_size: int = 128
-    value_range: tuple[float, float] = (0.0, 1.0)
+    value_range: tuple[float, float] = (-1.0, 1.0)
 
     def map(self, element: Record) -> Record:
         out = dict(element, image=wdm_volume(element["image"], self.volume_size, self.value_range))

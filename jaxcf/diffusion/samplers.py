@@ -12,6 +12,12 @@ Step hooks run user code around every model step without forking a sampler:
   before(x_t, t, key) -> x_t                      e.g. latent correction by an energy gradient
   after(x_next, x_t, t, t_next, key) -> x_next    e.g. mask-prompt replacement of a known region
 with t, t_next (B,) arrays in the model's time units (t_next = -1: the clean image).
+
+`x0_transform` (applied to every x0 estimate, eps re-derived from it) defaults to None:
+a sampler knows no data range. Callers that do pass it, e.g. a training space's
+`x0_transform` (jaxcf.training.spaces: `static_clip` / `wavelet_clip` to the data range,
+as guided-diffusion's `clip_denoised=True` and diffusers' `clip_sample=True`); without it
+the samples of an imperfect model can leave the data range.
 """
 
 from __future__ import annotations

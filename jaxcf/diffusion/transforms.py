@@ -22,9 +22,23 @@ def _check_quantile(quantile: float) -> None:
         )
 
 
-def static_clip(x0: jax.Array, value: float = 1.0) -> jax.Array:
-    """Clip x0 to [-value, value] (DDPM's `clip_denoised`)."""
-    return jnp.clip(x0, -value, value)
+def clip_bounds(value: float | tuple[float, float]) -> tuple[float, float]:
+    """(lo, hi) of a clip bound: a number v means [-v, v], a pair (lo, hi) itself.
+    Bounds may be traced; concrete ones must have hi > lo."""
+    lo, hi = value if isinstance(value, tuple | list) else (-value, value)
+    if isinstance(lo, int | float) and isinstance(hi, int | float) and not hi > lo:
+        raise InputError(f"clip range must have hi > lo, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def static_clip(x0: jax.Array, value: float | tuple[float, float] = 1.0) -> jax.Array:
+    """Clip x0 to the data range: [-value, value], or [lo, hi] for value = (lo, hi).
+
+    guided-diffusion's `clip_denoised=True` / diffusers' `clip_sample=True` with the data
+    range as the bound (both default to [-1, 1], the range their models train on).
+    """
+    lo, hi = clip_bounds(value)
+    return jnp.clip(x0, lo, hi)
 
 
 def dynamic_normalization(x0: jax.Array, quantile: float = 0.99) -> jax.Array:

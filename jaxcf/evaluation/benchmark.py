@@ -8,8 +8,11 @@ the split batch by batch and keeps, in constant memory:
     paper 000's post-processing (histogram match, contrast, Otsu, per-modality vote,
     components, holes); the baseline's from one FLAIR threshold chosen on the *validation*
     split (its ideal-Dice threshold there), so no test label tunes any number.
-Slices are the unit (the papers work on 2-D slices); `eval.slices = tumour` keeps the
-slices with at least one tumour voxel, as Diff-SCM's evaluation does.
+Slices are the unit (the papers work on 2-D slices). `eval.slices = all` scores every slice
+of the split, healthy ones included: Diff-SCM's "whole test set" (paper 001 Sec. 4);
+`tumour` keeps only the slices with at least one tumour voxel. The split is read on the
+evaluation grid (`eval.image_size`; Diff-SCM: 128 px) while the methods run on the model's
+(64 px): `on_model_grid` resizes their inputs down and their maps back up.
 
 The methods come in as plain functions (batch -> counterfactual, heatmap, mask); the
 wiring from registered counterfactual methods lives in jaxcf.experiments.segmentation, so
@@ -26,7 +29,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxcf.data.pipeline import make_dataset
+from jaxcf.data.pipeline import info, make_dataset
+from jaxcf.data.transforms import resize_image, resize_labels
 from jaxcf.errors import InputError
 from jaxcf.evaluation.metrics import (
     StreamingAUPRC,
@@ -36,6 +40,7 @@ from jaxcf.evaluation.metrics import (
     summarize,
 )
 from jaxcf.evaluation.postprocess import foreground_mask
+from jaxcf.evaluation.reports import slice_ids, slice_records
 
 BASELINE = "threshold"
 BASELINE_LABEL = "Thresholding (FLAIR)"
@@ -55,16 +60,19 @@ def brain_masks(images: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class Example:
     """One evaluated slice kept for panels: image (S, S, C), truth (S, S) and, per method,
-    (counterfactual (S, S, C) or None, heatmap (S, S), mask (S, S))."""
+    (counterfactual (S, S, C) or None, heatmap (S, S), mask (S, S)); its case and slice."""
 
     image: np.ndarray
     truth: np.ndarray
     outputs: dict[str, tuple[np.ndarray | None, np.ndarray, np.ndarray]]
+    case_id: str = ""
+    slice_index: int = -1
 
 
 def slice_batches(data_config: Any, split: str, slices: str, max_items: int) -> Iterator[dict]:
-    """Batches {image (B, S, S, C), seg (B, S, S), label (B,)} of the split, padding rows
-    removed, filtered to tumour slices when slices == "tumour", at most max_items rows."""
+    """Batches {image (B, S, S, C), seg (B, S, S), label (B,), index (B,): the items' rows
+    in the shards (reports.slice_ids)} of the split, padding rows removed, filtered to
+    tumour slices when slices == "tumour", at most max_items rows."""
     if slices not in ("tumour", "all"):
         raise InputError(f"eval.slices must be 'tumour' or 'all', got {slices!r}")
     seen = 0
@@ -79,7 +87,53 @@ def slice_batches(data_config: Any, split: str, slices: str, max_items: int) -> 
                 return
             continue
         seen += int(keep.sum())
-        yield {k: np.asarray(batch[k])[keep] for k in ("image", "seg", "label")}
+        yield {k: np.asarray(batch[k])[keep] for k in ("image", "seg", "label", "index")}
+
+
+def resize_slices(x: np.ndarray, size: int) -> np.ndarray:
+    """(B, S, S, ...) slices -> (B, size, size, ...) float32: linear, anti-aliased when
+    shrinking (jaxcf.data.transforms.resize_image, as data preparation resizes slices)."""
+    b, h, w, *rest = x.shape
+    if (h, w) == (size, size):
+        return x
+    planes = np.moveaxis(np.asarray(x, np.float32).reshape(b, h, w, -1), 0, 2)
+    out = resize_image(planes.reshape(h, w, -1), (size, size))  # (size, size, B * K)
+    return np.moveaxis(out.reshape(size, size, b, -1), 2, 0).reshape(b, size, size, *rest)
+
+
+def resize_label_slices(seg: np.ndarray, size: int) -> np.ndarray:
+    """(B, S, S) label maps -> (B, size, size), nearest neighbour (no invented labels)."""
+    b = seg.shape[0]
+    return np.moveaxis(resize_labels(np.moveaxis(seg, 0, -1), (size, size, b)), -1, 0)
+
+
+def on_model_grid(segment: Segmenter, size: int) -> Segmenter:
+    """`segment` run on the model's size x size grid for batches on the evaluation grid.
+
+    The images (and seg, which oracle prompts read) are resized down as data preparation
+    resizes them; the counterfactual and heatmap come back linearly upsampled, the mask
+    as its upsampled indicator >= 1/2, cut to the evaluation grid's brain. Scoring then
+    happens on the evaluation grid against its ground truth (paper 001 Sec. 4: trained at
+    64 x 64, "all evaluation is done at 128 x 128"). A batch already at `size` passes
+    through unchanged."""
+
+    def run(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images = batch["image"]
+        grid = images.shape[1]
+        if grid == size:
+            return segment(batch)
+        small = dict(batch, image=resize_slices(images, size))
+        if batch.get("seg") is not None:
+            small["seg"] = resize_label_slices(batch["seg"], size)
+        counterfactual, heat, masks = segment(small)
+        up = resize_slices(np.asarray(masks, np.float32), grid) >= 0.5
+        return (
+            resize_slices(counterfactual, grid),
+            resize_slices(heat, grid),
+            up & brain_masks(images),
+        )
+
+    return run
 
 
 def count_slices(data_config: Any, split: str, slices: str, max_items: int) -> int:
@@ -120,16 +174,24 @@ def evaluate_split(
     split: str,
     *,
     batch_size: int,
-    slices: str = "tumour",
+    slices: str = "all",
     max_items: int = 0,
     bins: int = 10_000,
     baseline_threshold: float,
+    model_size: int = 0,
     keep_examples: int = 4,
     progress: bool = True,
+    records: list[dict] | None = None,
 ) -> tuple[dict[str, dict], list[Example]]:
     """{method: {metric: value, ...}} over the split, and a few examples for panels.
 
-    segmenters run on batches of exactly batch_size rows (the last may be smaller)."""
+    segmenters run on batches of exactly batch_size rows (the last may be smaller), on the
+    model's model_size x model_size grid (on_model_grid) when model_size is set and differs
+    from the split's; 0 = the split's own grid. Every score is taken on the split's grid.
+    records: when given, one row per (method, slice) is appended (reports.slice_record:
+    case id, slice index, pixel counts, scores)."""
+    if model_size:
+        segmenters = {m: on_model_grid(s, int(model_size)) for m, s in segmenters.items()}
     methods = list(segmenters)
     names = [BASELINE, *methods]
     curves = {
@@ -148,8 +210,10 @@ def evaluate_split(
         dynamic_ncols=True,
     )
     batches = slice_batches(data_config, split, slices, max_items)
+    meta = info(data_config)
     for batch in rebatch(batches, batch_size):
         images, truth = batch["image"], batch["seg"] > 0
+        ids = slice_ids(meta, batch["index"])
         brain = brain_masks(images)
         outputs: dict[str, tuple] = {}
         flair = flair_scores(images)
@@ -163,6 +227,8 @@ def evaluate_split(
         for name, (_, heat, masks) in outputs.items():
             curves[name].update(heat, truth, valid=brain)
             rows[name].extend(case_metrics(p, t) for p, t in zip(masks, truth, strict=True))
+            if records is not None:
+                records.extend(slice_records(name, ids, masks, truth))
         for i in range(min(len(images), keep_examples - len(examples))):
             examples.append(
                 Example(
@@ -172,6 +238,7 @@ def evaluate_split(
                         n: (o[0][i] if o[0] is not None else None, o[1][i], o[2][i])
                         for n, o in outputs.items()
                     },
+                    *ids[i],
                 )
             )
         bar.update(len(images))
@@ -186,6 +253,7 @@ def evaluate_split(
             "auprc": curves[name].result(),
             "ideal_dice": ideal,
             "ideal_threshold": threshold,
+            **curves[name].out_of_range(),  # scores the AUPRC histogram clipped
             "slices": summary["dice"]["n"],
         }
         if name in seconds:

@@ -10,6 +10,7 @@ the test set.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -87,8 +88,11 @@ class StreamingAUPRC:
     approximation. On continuous scores spread over the range, 10 000 bins agree with
     sklearn to better than 1e-3 (measured ~1e-4; ~1e-3 with 1 000 bins). The result is
     exact when every distinct score value sits in its own bin (e.g. few distinct values on
-    bin centres, or integer intensities with unit-width bins). ``n_clipped`` counts scores
-    that fell outside ``[lo, hi]``; a non-zero count means the declared range was too narrow.
+    bin centres, or integer intensities with unit-width bins). ``n_above`` / ``n_below``
+    count scores that fell outside ``[lo, hi]`` and were tied into the top / bottom bin (a
+    non-zero count means the declared range was too narrow, e.g. counterfactuals that left
+    the data range); ``out_of_range()`` reports them beside the AUPRC, and ``result()``
+    warns when scores went above the range, where they distort the ranking that AP needs.
     """
 
     def __init__(self, lo: float, hi: float, num_bins: int = 10_000) -> None:
@@ -99,7 +103,8 @@ class StreamingAUPRC:
         self.lo, self.hi, self.num_bins = float(lo), float(hi), int(num_bins)
         self.pos = np.zeros(self.num_bins, np.int64)
         self.neg = np.zeros(self.num_bins, np.int64)
-        self.n_clipped = 0
+        self.n_below = 0
+        self.n_above = 0
 
     @property
     def edges(self) -> np.ndarray:
@@ -122,7 +127,8 @@ class StreamingAUPRC:
         scores, truth = scores.ravel(), truth.ravel()
         if np.isnan(scores).any():
             raise InputError("scores contain NaN")
-        self.n_clipped += int(np.count_nonzero((scores < self.lo) | (scores > self.hi)))
+        self.n_below += int(np.count_nonzero(scores < self.lo))
+        self.n_above += int(np.count_nonzero(scores > self.hi))
         width = (self.hi - self.lo) / self.num_bins
         idx = np.clip(np.floor((scores - self.lo) / width), 0, self.num_bins - 1).astype(np.int64)
         self.pos += np.bincount(idx[truth], minlength=self.num_bins)
@@ -134,7 +140,18 @@ class StreamingAUPRC:
             raise InputError("cannot merge accumulators with different ranges or bin counts")
         self.pos += other.pos
         self.neg += other.neg
-        self.n_clipped += other.n_clipped
+        self.n_below += other.n_below
+        self.n_above += other.n_above
+
+    @property
+    def n_clipped(self) -> int:
+        """Scores seen outside [lo, hi] (n_below + n_above)."""
+        return self.n_below + self.n_above
+
+    def out_of_range(self) -> dict[str, int]:
+        """{"scores_above_range", "scores_below_range"}: counts of scores clipped into the
+        top / bottom bin, to report beside the AUPRC (e.g. in metrics.json)."""
+        return {"scores_above_range": self.n_above, "scores_below_range": self.n_below}
 
     def _cumulative(self) -> tuple[np.ndarray, np.ndarray, int]:
         # Descending thresholds: entry k counts pixels in the top k + 1 bins.
@@ -144,6 +161,13 @@ class StreamingAUPRC:
 
     def result(self) -> float:
         """Average precision (AUPRC) in [0, 1]; NaN if no positive pixel was seen."""
+        if self.n_above:
+            warnings.warn(
+                f"{self.n_above} scores above the histogram range [{self.lo}, {self.hi}] were "
+                "counted as ties in its top bin; the AUPRC is approximate (widen the range)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         tp, fp, n_pos = self._cumulative()
         if n_pos == 0:
             return float("nan")

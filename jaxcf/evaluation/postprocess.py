@@ -106,21 +106,24 @@ def difference_map(
 ) -> np.ndarray:
     """Contrast-stretched per-modality difference, as 8-bit grey levels.
 
-    x, cf: (..., C) in ``value_range``. Computes, per voxel and channel,
-    ``d = scale * (x - cf) / (hi - lo)`` (the signed difference in 8-bit units of an image
-    rescaled to [0, 1]) and returns ``uint8(clip(rint(|alpha * d + beta|), 0, 255))``,
-    which is OpenCV's ``convertScaleAbs(d, alpha, beta)`` (round half to even, saturate).
-    With the defaults a zero difference maps to 2 and any |x - cf| >= 1/4 of the intensity
-    range saturates at 255. Returns uint8 (..., C).
+    x, cf: (..., C) in ``value_range``. Computes, per voxel and channel, paper 000's
+    ``D = |x - cf|`` in 8-bit units of an image rescaled to [0, 1],
+    ``d = scale * |x - cf| / (hi - lo)``, and returns
+    ``uint8(clip(rint(|alpha * d + beta|), 0, 255))``, which is OpenCV's
+    ``convertScaleAbs(d, alpha, beta)`` (round half to even, saturate). Symmetric in the
+    sign of ``x - cf``. With the defaults a zero difference maps to 2 and any
+    |x - cf| >= 1/4 of the intensity range saturates at 255. Returns uint8 (..., C).
     """
-    # Paper 000 Eq. 1 plus its "contrast and brightness adjustment"; the script scaled to
-    # 8 bits (x255) and applied convertScaleAbs(alpha=4, beta=-2). Taking |.| after the
-    # affine map keeps both signs: hyperintense tumours (FLAIR, T2) and hypointense ones (T1).
+    # Paper 000 Eq. 1, D = |I_f - I_c|, then its "contrast and brightness adjustment": the
+    # script scaled to 8 bits (x255) and applied convertScaleAbs(alpha=4, beta=-2). The
+    # absolute value comes first, so hyperintense tumours (FLAIR, T2) and hypointense ones
+    # (T1) of the same size score the same (|.| after the affine map turned x - cf = +2/255
+    # of a [-1, 1] image into 2 but -2/255 into 6).
     x, cf = _check_pair(x, cf)
     lo, hi = value_range
     if not hi > lo:
         raise InputError(f"value_range must be (lo, hi) with hi > lo, got {value_range}")
-    d = (x.astype(np.float64) - cf.astype(np.float64)) * (scale / (hi - lo))
+    d = np.abs(x.astype(np.float64) - cf.astype(np.float64)) * (scale / (hi - lo))
     return np.clip(np.rint(np.abs(alpha * d + beta)), 0, 255).astype(np.uint8)
 
 

@@ -10,11 +10,13 @@ Shared by `python -m jaxcf.counterfactual`, `python -m jaxcf.evaluate` and the d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from jaxcf.counterfactual import cases, registry
@@ -46,27 +48,130 @@ def check_settings(config: Any, *, evaluating: bool = False) -> None:
         return
     if config.eval.slices not in SLICES:
         raise InputError(f"eval.slices must be one of {SLICES}, got {config.eval.slices!r}")
-    methods = eval_methods(config)
-    region = config.counterfactual.get("promptable", {}).get("region")
-    if "promptable" in methods and region == "file":
+    size = config.eval.get("image_size", 0)
+    if not isinstance(size, int) or size < 0:
         raise InputError(
-            "counterfactual.promptable.region=file needs a region file per case, which an "
-            "evaluation over a split has none of: use box, seg or brain"
+            f"eval.image_size must be 0 (the model's data.image_size) or a positive side in "
+            f"pixels, got {size!r}"
         )
+    for method in eval_methods(config):
+        if method_settings(config, method).get("region") == "file":
+            raise InputError(
+                f"eval.methods {method.entry!r}: counterfactual.{method.name}.region=file needs "
+                "a region file per case, which an evaluation over a split has none of: use "
+                "box, heatmap_box, seg or brain"
+            )
 
 
-def method_runner(trained: Any, name: str, *, progress: bool = True) -> MethodRunner:
-    """The registered method `name` on a TrainedModel, with its config's settings
-    (counterfactual.<name>.*, counterfactual.batch_size / seed) and mesh."""
+@dataclasses.dataclass(frozen=True)
+class EvalMethod:
+    """One row of an evaluation: a registered method with settings of its own.
+
+    entry: as written in eval.methods ("promptable:region=heatmap_box"); name: the
+    registered method; overrides: counterfactual.<name>.<field> values for this row only;
+    key: the row's name in metrics.json and file names ("promptable_heatmap_box")."""
+
+    entry: str
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return "_".join([self.name, *(str(value) for _, value in self.overrides)])
+
+
+def _typed(text: str, like: Any, where: str) -> Any:
+    """eval.methods text for a field whose default is `like` -> a value of like's type."""
+    try:
+        if isinstance(like, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.lower() == "true"
+        if isinstance(like, int | float):
+            return type(like)(text)
+    except ValueError:
+        raise InputError(f"{where}: {text!r} is not of type {type(like).__name__}") from None
+    return text
+
+
+def parse_method(entry: str, config: Any) -> EvalMethod:
+    """An eval.methods entry, NAME or NAME:FIELD=VALUE[:FIELD=VALUE...] -> EvalMethod
+    (InputError naming eval.methods for an unknown method or field, or a value of the
+    wrong type)."""
+    name, *settings = (part.strip() for part in entry.split(":"))
+    if name not in registry.names():
+        raise InputError(f"eval.methods: unknown {name!r}; known: {list(registry.names())}")
+    defaults = config.counterfactual.get(name) or registry.get(name).default_config()
+    overrides = []
+    for setting in settings:
+        field, sep, value = (part.strip() for part in setting.partition("="))
+        if not sep or field not in defaults:
+            raise InputError(
+                f"eval.methods {entry!r}: expected {name}:FIELD=VALUE with FIELD one of "
+                f"counterfactual.{name}.{{{', '.join(defaults)}}}, got {setting!r}"
+            )
+        overrides.append((field, _typed(value, defaults[field], f"eval.methods {entry!r}")))
+    return EvalMethod(entry, name, tuple(overrides))
+
+
+def eval_methods(config: Any) -> list[EvalMethod]:
+    """eval.methods (comma-separated entries, see parse_method) as EvalMethods; InputError
+    naming the field for unknown names, bad settings or two rows with the same key."""
+    entries = [m.strip() for m in str(config.eval.methods).split(",") if m.strip()]
+    methods = [parse_method(entry, config) for entry in entries]
+    keys = [m.key for m in methods]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise InputError(f"eval.methods: {repeated} appear more than once")
+    return methods
+
+
+def method_settings(config: Any, method: EvalMethod) -> ml_collections.ConfigDict:
+    """counterfactual.<name> of the config with the row's overrides applied (a copy)."""
+    group = config.counterfactual.get(method.name) or registry.get(method.name).default_config()
+    settings = ml_collections.ConfigDict(group.to_dict())
+    settings.update(dict(method.overrides))
+    return settings
+
+
+def method_runner(trained: Any, name: str | EvalMethod, *, progress: bool = True) -> MethodRunner:
+    """The registered method `name` (or an eval.methods row: the method with its
+    overrides) on a TrainedModel, with its config's settings (counterfactual.<name>.*,
+    counterfactual.batch_size / seed) and mesh."""
     config = trained.config
+    method = name if isinstance(name, EvalMethod) else EvalMethod(name, name)
+    counterfactual = config.counterfactual
+    if method.overrides:
+        counterfactual = ml_collections.ConfigDict(counterfactual.to_dict())
+        counterfactual[method.name] = method_settings(config, method)
     return MethodRunner(
         trained.method_model(),
         trained.weights,
-        name,
-        config.counterfactual,
+        method.name,
+        counterfactual,
         config.mesh,
         progress=progress,
     )
+
+
+def eval_image_size(config: Any) -> int:
+    """The evaluation grid's side: eval.image_size, or the model's data.image_size."""
+    return int(config.eval.get("image_size", 0) or 0) or int(config.data.image_size)
+
+
+def eval_data(config: Any, workdir: pathlib.Path) -> Any:
+    """The data config of the evaluation grid, its shards on disk (ensure_data). A grid
+    other than the model's gets shards of its own, prepared from the same cases (root) with
+    the same preprocessing at eval.image_size, beside the model's: <prepared>_<size>px."""
+    from jaxcf.training.data import ensure_data
+
+    data = config.data.copy_and_resolve_references()
+    size = eval_image_size(config)
+    if size != int(data.image_size):
+        prepared = data.prepared or str(workdir / "prepared" / f"{data.dataset}_{data.task}")
+        data.image_size = size
+        data.prepared = f"{prepared}_{size}px"
+    return ensure_data(data, workdir)
 
 
 def slice_masks(images: np.ndarray, counterfactuals: np.ndarray, vote: str) -> np.ndarray:
@@ -152,6 +257,9 @@ def segment_case(
         out["heatmap"][k],
         masks[k],
         truth[k] if truth is not None else None,
+        case_id=name,
+        slice_index=int(slices.z[k]),
+        method=runner.label,
     )
     summary = {
         "case": name,
@@ -166,31 +274,26 @@ def segment_case(
     return summary
 
 
-def eval_methods(config: Any) -> list[str]:
-    """eval.methods as a list of registered names (ValueError naming the field)."""
-    methods = [m.strip() for m in str(config.eval.methods).split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(registry.names()))
-    if unknown:
-        raise InputError(f"eval.methods: unknown {unknown}; known: {list(registry.names())}")
-    return methods
-
-
 def evaluate(
     trained: Any, workdir: pathlib.Path, split: str, out: pathlib.Path, *, progress: bool = True
 ) -> dict:
     """Evaluate eval.methods of a TrainedModel on a split of its data (plus the FLAIR
-    thresholding baseline); write metrics.json / metrics.md / example panels to out."""
-    from jaxcf.training.data import ensure_data
+    thresholding baseline); write metrics.json / metrics.md / example panels to out.
+
+    The split is scored on the evaluation grid (eval.image_size; eval_data), the methods
+    run on the model's (data.image_size), their maps resampled (benchmark.on_model_grid)."""
+    from jaxcf.evaluation.reports import write_reports
     from jaxcf.visualization import save_case_panel
 
     config = trained.config
     check_settings(config, evaluating=True)
-    methods = eval_methods(config)
-    data_config = ensure_data(config.data, workdir)
+    # The runners first: a bad method setting fails before any data is prepared.
+    runners = {m.key: method_runner(trained, m, progress=False) for m in eval_methods(config)}
+    data_config = eval_data(config, workdir)
+    model_size, grid = int(config.data.image_size), eval_image_size(config)
     bins = int(config.eval.num_bins)
     vote = str(config.counterfactual.vote)
     threshold = benchmark.choose_baseline_threshold(data_config, "val", config.eval.slices, bins)
-    runners = {name: method_runner(trained, name, progress=False) for name in methods}
 
     def segmenter(runner: MethodRunner):
         done = [0]  # rows run so far: each batch gets its own keys
@@ -202,6 +305,7 @@ def evaluate(
 
         return run
 
+    slice_rows: list[dict] = []  # one per (method, slice): the per_slice / per_case reports
     results, examples = benchmark.evaluate_split(
         {name: segmenter(runner) for name, runner in runners.items()},
         data_config,
@@ -211,22 +315,38 @@ def evaluate(
         max_items=int(config.eval.max_items),
         bins=bins,
         baseline_threshold=threshold,
+        model_size=model_size,
         progress=progress,
+        records=slice_rows,
     )
     out.mkdir(parents=True, exist_ok=True)
+    kind = "tumour slices" if config.eval.slices == "tumour" else "slices (all)"
+    scale = f", methods at {model_size} px" if grid != model_size else ""
     title = (
         f"Counterfactual segmentation, {split} split, {int(results['threshold']['slices'])} "
-        f"{'tumour ' if config.eval.slices == 'tumour' else ''}slices (model step {trained.step})"
+        f"{kind} at {grid} px{scale} (model step {trained.step})"
     )
     labels = {name: runner.label for name, runner in runners.items()}
     table = benchmark.results_table(results, title, labels)
     (out / "metrics.md").write_text(table)
-    record = {"split": split, "step": trained.step, "results": results}
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    for i, example in enumerate(examples):
-        for name, (cf, heat, mask) in example.outputs.items():
+    reports = {k: p.name for k, p in write_reports(slice_rows, out).items()}
+    panels = []
+    for i, ex in enumerate(examples):
+        for name, (cf, heat, mask) in ex.outputs.items():
             if cf is not None:
-                save_case_panel(
-                    out / f"example{i}_{name}.png", example.image, cf, heat, mask, example.truth
-                )
+                png = f"example{i}_{ex.case_id}_z{ex.slice_index}_{name}.png"
+                ids = {"case_id": ex.case_id, "slice_index": ex.slice_index, "method": labels[name]}
+                save_case_panel(out / png, ex.image, cf, heat, mask, ex.truth, **ids)
+                panels.append({"file": png, **ids})
+    record = {
+        "split": split,
+        "step": trained.step,
+        "slices": str(config.eval.slices),
+        "image_size": grid,
+        "model_image_size": model_size,
+        "methods": {key: runner.label for key, runner in runners.items()},
+        "results": results,
+    }
+    record.update(reports=reports, panels=panels)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2))
     return {"table": table, **record}

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxcf.diffusion.transforms import clip_bounds
 from jaxcf.errors import InputError
 
 __all__ = ["band_names", "dwt", "from_wavelet", "idwt", "to_wavelet", "wavelet_clip"]
@@ -206,10 +207,14 @@ def from_wavelet(c: jax.Array, lll_scale: float = 3.0) -> jax.Array:
     return idwt(c * _band0_divisor(c.shape[-1], channels, lll_scale, c.dtype))
 
 
-def wavelet_clip(c: jax.Array, lll_scale: float = 3.0, value: float = 1.0) -> jax.Array:
+def wavelet_clip(
+    c: jax.Array, lll_scale: float = 3.0, value: float | tuple[float, float] = 1.0
+) -> jax.Array:
     """x0 transform for samplers running in WDM's wavelet space (coefficients -> coefficients).
 
-    WDM's `clip_denoised`: back to the image, clamp to [-value, value], forward again.
+    WDM's `clip_denoised`: back to the image, clamp to the data range, forward again.
+    wdm-3d trains on volumes renormalised to [-1, 1] (`--renormalize=True`: 2x - 1), hence
+    the default bound; pass the range the data was prepared in (data.value_range) otherwise.
     Clipping coefficients directly would be wrong: the valid image range maps to a rotated
     box in coefficient space, and a band-wise clamp neither keeps in-range images fixed
     nor guarantees the decoded image is in range. Bind options with functools.partial and
@@ -218,10 +223,11 @@ def wavelet_clip(c: jax.Array, lll_scale: float = 3.0, value: float = 1.0) -> ja
     Args:
       c: (B, h, w, 4C) or (B, d, h, w, 8C) predicted x0 coefficients (WDM scaling).
       lll_scale: band-0 divisor used by `to_wavelet`.
-      value: image-domain clip bound.
+      value: image-domain clip bound: v for [-v, v], or the data range (lo, hi).
 
     Returns:
-      Coefficients of the same shape and dtype whose decoded image lies in [-value, value].
+      Coefficients of the same shape and dtype whose decoded image lies in the bound.
     """
+    lo, hi = clip_bounds(value)
     image = from_wavelet(c, lll_scale)
-    return to_wavelet(jnp.clip(image, -value, value), lll_scale)
+    return to_wavelet(jnp.clip(image, lo, hi), lll_scale)

@@ -135,9 +135,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(
         {
             "split": "test",
-            "slices": "tumour",  # tumour (slices with a tumour voxel, as Diff-SCM) | all
+            # all: every slice of the split, healthy ones included (Diff-SCM's "whole test
+            # set", paper 001 Sec. 4; configs/diffscm_brats.py) | tumour: only slices with
+            # a tumour voxel (an easier view: no healthy slice can give false positives)
+            "slices": "tumour",
+            # side of the evaluation grid: image and ground truth at this size, methods at
+            # the model's (data.image_size), their maps resampled to it (Diff-SCM: 64 px
+            # model, 128 px evaluation; docs/methods.md); 0 = the model's size
+            "image_size": 0,
             "max_items": 0,  # 0 = every slice of the split
-            "methods": "diffscm,promptable",  # the FLAIR thresholding baseline always runs
+            # registered methods, comma-separated; METHOD:FIELD=VALUE sets that row's
+            # counterfactual.METHOD.FIELD (promptable's default region is the ORACLE box;
+            # region=heatmap_box is its non-oracle prompt). Thresholding always runs.
+            "methods": "diffscm,promptable,promptable:region=heatmap_box",
             "num_bins": 10_000,  # streaming AUPRC / ideal-Dice histogram bins
         }
     )
@@ -215,12 +225,12 @@ def latent_shape(c: ml_collections.ConfigDict) -> dict:
 
 def apply_toy(c: ml_collections.ConfigDict, **model) -> ml_collections.ConfigDict:
     """Shrinks an experiment config to its CPU-test size in place and returns it: 16 px
-    slices and 16^3 volumes of 4 small phantom cases, batch 2, one device, a small prompt
+    slices and 16^3 volumes of 4 small procedural phantom cases, batch 2, one device, a small prompt
     encoder, 10 training steps without preview samples, 10 steps for every counterfactual
     method and the sampler, few evaluation items. The model's sizes follow the data (they are
     derived); `model` sets model fields, e.g. a tiny preset: apply_toy(c, preset="tiny2d")."""
     c.data.update(image_size=16, volume_size=16, crop_size=16, batch_size=2)
-    c.data.phantom.update(cases=4, size=32)
+    c.data.phantom.update(cases=4, size=32, anatomy="procedural")  # the fast geometric heads
     c.text.update(dim=32, depth=1, heads=2)
     c.train.update(num_steps=10, log_every=1, checkpoint_every=10, sample_every=0, preview_count=2)
     c.sampler.num_steps = 10
@@ -255,6 +265,9 @@ def language_wdm_config(dataset: str) -> ml_collections.ConfigDict:
         batch_size=1,
         balanced=True,
         prompt_max_len=16,
+        # wdm-3d trains on volumes renormalised to [-1, 1] (--renormalize=True: 2x - 1), the
+        # range its clip_denoised and the wavelet space's wavelet_clip clamp the x0 estimate to.
+        value_range=(-1.0, 1.0),
     )
     c.text.update(encoder="trainable", dim=256, depth=2, heads=4)
     # 128^3 volumes -> a 64^3 wavelet grid of 8 sub-bands; cross-attention to the prompt

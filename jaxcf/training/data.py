@@ -38,6 +38,7 @@ def ensure_data(data_config: Any, workdir: pathlib.Path) -> Any:
                 cfg.phantom.size,
                 cfg.seed,
                 tumour_free_fraction=cfg.phantom.tumour_free_fraction,
+                anatomy=cfg.phantom.anatomy,
                 progress=True,
             )
             os.replace(partial, root)

@@ -31,14 +31,15 @@ from tqdm import tqdm
 from jaxcf import parallel
 from jaxcf.checkpoint import Checkpoints, abstract_like
 from jaxcf.data.pipeline import info as data_info
+from jaxcf.data.text import Tokenizer
 from jaxcf.training import data as training_data
 from jaxcf.training.metrics import MetricWriter
 from jaxcf.training.optim import learning_rate, make_optimizer
+from jaxcf.training.previews import condition_fields, condition_names, preview_title, save_preview
 from jaxcf.training.spaces import check_vae
 from jaxcf.training.state import TrainState
 from jaxcf.training.step import init_state, make_train_step
 from jaxcf.training.tasks import make_task
-from jaxcf.visualization import save_panel, to_uint8
 
 
 class TrainingDiverged(RuntimeError):
@@ -78,22 +79,27 @@ def _finite(metrics: dict) -> bool:
     return all(math.isfinite(float(v)) for v in metrics.values())
 
 
-def _preview_panel(images: np.ndarray, path: pathlib.Path) -> None:
-    """Rows = samples; 2-D images: one column per channel; volumes: mid-slices of channel 0
-    along each axis."""
-    rows = []
-    for image in np.asarray(images, np.float32):
-        if image.ndim == 3:
-            tiles = [image[..., c] for c in range(image.shape[-1])]
-        else:
-            vol = image[..., 0]
-            tiles = [
-                vol[vol.shape[0] // 2],
-                vol[:, vol.shape[1] // 2],
-                vol[:, :, vol.shape[2] // 2],
-            ]
-        rows.append([to_uint8(t, -1.0, 1.0) for t in tiles])
-    save_panel(rows, path)
+def _preview_panel(
+    config: Any,
+    task: Any,
+    data_config: Any,
+    images: np.ndarray,
+    fields: dict,
+    step: int,
+    workdir: pathlib.Path,
+) -> pathlib.Path:
+    """workdir/samples/step_XXXXXXX.png: a row per sample, labelled with the condition it
+    was drawn under (fields: the batch's condition_fields, on the host)."""
+    tokenizer = data_info(data_config).get("tokenizer")
+    names = condition_names(
+        config,
+        fields,
+        len(images),
+        num_classes=getattr(task, "num_classes", 0),
+        tokenizer=Tokenizer.from_json(tokenizer) if tokenizer else None,
+    )
+    path = workdir / "samples" / f"step_{step:07d}.png"
+    return save_preview(images, path, names, preview_title(config, step))
 
 
 def restore_latest(checkpoints: Checkpoints, abstract: TrainState) -> tuple[TrainState, dict]:
@@ -240,8 +246,9 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
                     state.ema, frozen, batch, jax.random.key(done), train.preview_count
                 )
                 images = parallel.to_host(images)
+                fields = parallel.to_host(condition_fields(batch))
                 if lead:
-                    _preview_panel(images, workdir / "samples" / f"step_{done:07d}.png")
+                    _preview_panel(config, task, data_config, images, fields, done, workdir)
             bar.update(1)
             if stopping:
                 summary["interrupted"] = True

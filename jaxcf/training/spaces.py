@@ -9,19 +9,27 @@ A space is a small object chosen ONCE by name (SPACES: name -> builder); builder
 the space and the frozen weights it needs ({} when none), which the caller passes back
 as `frozen` (a jit argument, never a constant, never part of the training state):
 
-  "pixel"    images as they come; x0_transform static_clip (data in [-1, 1], as
-             guided-diffusion's clip_denoised).
+  "pixel"    images as they come; x0_transform static_clip to the data range (as
+             guided-diffusion's clip_denoised=True and diffusers' clip_sample=True).
   "wavelet"  WDM (Friedrich et al. 2024): Haar sub-bands with LLL / 3; x0_transform
-             wavelet_clip (back to the image, clamp, forward again).
+             wavelet_clip to the data range (back to the image, clamp, forward again).
   "latent"   a frozen AutoencoderKL (config.vae), loaded from vae.checkpoint each time the
              task is built (training, resume, inference); frozen = {"vae": params}. RGB VAEs
              encode four MRI modalities one at a time, replicated to three channels
              (Shen et al. 2024). No x0_transform (latents have no fixed range).
+
+The data range is the one the config's data task writes (`data_range`): [-1, 1] for
+Diff-SCM slices and radiographs, data.value_range for WDM volumes, none (no clip) for
+z-scored seg3d volumes and for targets other than the image. Every sampler that runs a
+trained model (training previews, load_trained's method models and so the methods) takes
+the space's x0_transform, so clipping the x0 estimate is the default wherever the range
+is known; the low-level samplers themselves know no range and default to none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import sys
 from collections.abc import Callable
@@ -38,12 +46,37 @@ from jaxcf.models import vae as vae_models
 from jaxcf.models import wavelet
 
 Transform = Callable[[jax.Array], jax.Array] | None
+Range = tuple[float, float] | None
+
+# The value range each data task writes (jaxcf.data.transforms): Diff-SCM slices and CXR
+# radiographs in [-1, 1]; WDM volumes in data.value_range; seg3d volumes are z-scored.
+_FIXED_RANGES: dict[str, Range] = {"slices2d": (-1.0, 1.0), "cxr": (-1.0, 1.0), "seg3d": None}
+
+
+def data_range(config: Any) -> Range:
+    """(lo, hi) of the data config.diffusion.target is diffused from, or None if unknown."""
+    if (config.diffusion.get("target", "image") or "image") != "image":
+        return None  # e.g. a segmentation: its labels have no declared value range
+    task = config.data.task
+    if task == "volumes":
+        lo, hi = config.data.value_range
+        return float(lo), float(hi)
+    return _FIXED_RANGES.get(task)
+
+
+@functools.cache
+def _clip(transform: Callable[..., jax.Array], value_range: Range) -> Transform:
+    # Cached: the same range gives the same (hashable, comparable) function every time.
+    if value_range is None:
+        return None
+    return functools.partial(transform, value=value_range)
 
 
 @dataclasses.dataclass(frozen=True)
 class PixelSpace:
-    """x0 = the data itself (pixel models trained on [-1, 1])."""
+    """x0 = the data itself; value_range: the data's (lo, hi), None if unknown."""
 
+    value_range: Range = (-1.0, 1.0)
     name: str = "pixel"
 
     def encode(self, frozen: dict, images: jax.Array) -> jax.Array:
@@ -54,13 +87,15 @@ class PixelSpace:
 
     @property
     def x0_transform(self) -> Transform:
-        return D.static_clip
+        return _clip(D.static_clip, self.value_range)
 
 
 @dataclasses.dataclass(frozen=True)
 class WaveletSpace:
-    """x0 = WDM's scaled Haar coefficients: (B, h, w, 4C) / (B, d, h, w, 8C)."""
+    """x0 = WDM's scaled Haar coefficients: (B, h, w, 4C) / (B, d, h, w, 8C);
+    value_range: the images' (lo, hi), None if unknown."""
 
+    value_range: Range = (-1.0, 1.0)
     name: str = "wavelet"
 
     def encode(self, frozen: dict, images: jax.Array) -> jax.Array:
@@ -71,7 +106,7 @@ class WaveletSpace:
 
     @property
     def x0_transform(self) -> Transform:
-        return wavelet.wavelet_clip
+        return _clip(wavelet.wavelet_clip, self.value_range)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,11 +141,11 @@ Space = PixelSpace | WaveletSpace | LatentSpace
 
 
 def _pixel(config: Any, key: jax.Array, restoring: bool) -> tuple[Space, dict]:
-    return PixelSpace(), {}
+    return PixelSpace(data_range(config)), {}
 
 
 def _wavelet(config: Any, key: jax.Array, restoring: bool) -> tuple[Space, dict]:
-    return WaveletSpace(), {}
+    return WaveletSpace(data_range(config)), {}
 
 
 def _latent(config: Any, key: jax.Array, restoring: bool) -> tuple[Space, dict]:

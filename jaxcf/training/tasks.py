@@ -11,7 +11,8 @@ A DiffusionTask is composed of small strategies, each chosen ONCE from the confi
 
   task.space_impl   a Space (jaxcf.training.spaces; config.diffusion.space: pixel | wavelet
                     | latent): encode(frozen, images) -> x0, decode(frozen, x0),
-                    x0_transform for samplers (static_clip | wavelet_clip | None).
+                    x0_transform for samplers: static_clip | wavelet_clip to the data
+                    range the config declares (spaces.data_range), None where unknown.
   task.conditioner  a Conditioner (jaxcf.training.conditioners; config.diffusion.condition:
                     none | label | prompt | image): cond(batch), null_cond(cond) and
                     encode(params, frozen, cond) -> the network's cond.

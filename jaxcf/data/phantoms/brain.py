@@ -13,8 +13,9 @@ import functools
 import pathlib
 
 import numpy as np
+from scipy import ndimage
 
-from jaxcf.data.phantoms import lesions, render
+from jaxcf.data.phantoms import confounders, lesions, render
 from jaxcf.data.phantoms.anatomy import NUM_TISSUES, WM, Anatomy, get_anatomy
 from jaxcf.data.phantoms.files import write_csv, write_nifti
 from jaxcf.data.phantoms.grid import Grid, make_grid, pool, pool_mode, supersample_factor
@@ -119,11 +120,16 @@ def _render(
     tables: dict[str, np.ndarray],
     noise_rng: np.random.Generator,
     lesion: tuple[np.ndarray, float] | None = None,
+    extras: dict[str, np.ndarray] | None = None,
+    edema_falloff: float = 0.0,
 ):
     """Images per sequence plus voxel tissue labels and tumour codes.
 
     tissue_fine, tumour_fine: supersampled labels inside voxel `box` (sample_labels).
     lesion: optional (occupancy (X, Y, Z) in [0, 1], intensity) blended into every sequence.
+    extras: modality -> (X, Y, Z) healthy signal added outside the tumour, in units of that
+    sequence's white-matter intensity (confounders.py). edema_falloff: share of the edema's
+    FLAIR / T2 brightness lost from the core's edge to the edema's outer edge.
     Returns (images, tissue (X, Y, Z) uint8, tumour codes (X, Y, Z) uint8).
     """
     ss = supersample_factor(grid.shape[0])
@@ -144,10 +150,16 @@ def _render(
     texture = 1.0 + 0.03 * render.smooth_field(noise_rng, grid, 3.0)
     heterogeneity = render.smooth_field(noise_rng, grid, 2.0)
     texture *= 1.0 + 0.12 * tumour_fraction * heterogeneity
+    fringe = _edema_fringe(codes, grid, edema_falloff) * tumour_fraction
     images = {}
     for name, table in tables.items():
         signal = render.partial_volume(classes, table, ss, fraction_box)
         signal = _embed(grid.shape, box, signal)
+        if name in ("flair", "t2"):
+            signal *= 1.0 - fringe
+        if extras and name in extras:
+            healthy = table[WM] * extras[name] * (1.0 - tumour_fraction)
+            signal = signal + healthy.astype(np.float32)
         if lesion is not None:
             occupancy, intensity = lesion
             signal = signal * (1.0 - occupancy) + np.float32(intensity) * table[WM] * occupancy
@@ -155,6 +167,42 @@ def _render(
             noise_rng, grid, signal, mask, texture, float(table[render.REFERENCE_CLASS])
         )
     return images, tissue, codes
+
+
+def _edema_fringe(codes: np.ndarray, grid: Grid, falloff: float) -> np.ndarray:
+    """(X, Y, Z) float32 fraction of edema brightness lost: 0 at the tumour core, rising
+    linearly to `falloff` at the edema's outer edge (peritumoral edema is most hydrated next
+    to the tumour and fades into infiltrated white matter)."""
+    core = (codes == lesions.NECROTIC) | (codes == lesions.ENHANCING)
+    edema = codes == lesions.EDEMA
+    if falloff <= 0 or not core.any() or not edema.any():
+        return np.zeros(codes.shape, np.float32)
+    distance = ndimage.distance_transform_edt(~core, sampling=grid.spacing)
+    reach = max(float(distance[edema].max()), 1e-3)
+    return np.where(codes > 0, falloff * np.clip(distance / reach, 0.0, 1.0), 0.0).astype(
+        np.float32
+    )
+
+
+def _warped(field: np.ndarray, grid: Grid, tumour) -> np.ndarray:
+    """A healthy voxel field (X, Y, Z) moved with the tumour's mass effect: each voxel reads
+    the field where its tissue came from (linear interpolation)."""
+    x, y, z = np.meshgrid(*grid.axes_mm(), indexing="ij")
+    coords = []
+    for moved, n, step, sign in zip(tumour.warp(x, y, z), grid.shape, grid.spacing,
+                                    (-1.0, -1.0, 1.0), strict=True):  # fmt: skip
+        coords.append(moved / (sign * step) + (n - 1) / 2.0)
+    return ndimage.map_coordinates(field, coords, order=1, mode="nearest").astype(np.float32)
+
+
+def brats_confounders(rng: np.random.Generator, healthy: np.ndarray, grid: Grid, tumour=None):
+    """modality -> healthy hyperintensity maps (X, Y, Z) for _render's extras, from the
+    healthy voxel labels; T2 shows the periventricular and small-vessel changes at about half
+    the FLAIR contrast (no CSF suppression to unmask them)."""
+    flair = confounders.flair_confounders(rng, healthy, grid)
+    if tumour is not None:
+        flair = _warped(flair, grid, tumour)
+    return {"flair": flair, "t2": 0.5 * flair}
 
 
 def brats_case(
@@ -180,7 +228,15 @@ def brats_case(
     if tumour:
         tumour_model = lesions.sample_tumour(rngs["pathology"], coarse, grid, paediatric=paediatric)
     box, tissue_fine, tumour_fine = _fine_labels(grid, source, params, tumour_model, coarse)
-    images, tissue, codes = _render(grid, box, tissue_fine, tumour_fine, tables, rngs["noise"])
+    extras = brats_confounders(rngs["confounders"], coarse, grid, tumour_model)
+    falloff = 0.0
+    if tumour_model is not None:
+        edema_class = lesions.EDEMA + render.TUMOUR_OFFSET
+        for name in ("flair", "t2"):
+            tables[name][edema_class] *= np.float32(tumour_model.edema_brightness)
+        falloff = tumour_model.edema_falloff
+    images, tissue, codes = _render(grid, box, tissue_fine, tumour_fine, tables, rngs["noise"],
+                                    extras=extras, edema_falloff=falloff)  # fmt: skip
     enhancing = BRATS_LAYOUT[kind][3]
     seg = np.array([0, 1, 2, enhancing], np.uint8)[codes]
     return BrainCase(images, seg, tissue, grid, {"tumour": bool(seg.any())})

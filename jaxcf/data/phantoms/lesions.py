@@ -42,6 +42,11 @@ class Tumour:
     satellites: tuple[tuple[np.ndarray, float], ...]
     enhancing: bool
     displaced_radius: float  # radius of the ball of tissue the tumour pushed aside
+    # Edema differs between gliomas (vasogenic water content): a FLAIR / T2 brightness
+    # factor on the edema's nominal intensity, and the fraction of it lost from the core's
+    # edge to the edema's outer edge (the faint infiltrative fringe annotators still label).
+    edema_brightness: float = 1.0
+    edema_falloff: float = 0.0
 
     def warp(self, x: np.ndarray, y: np.ndarray, z: np.ndarray):
         """Mass effect as a backward map: the tissue now at radius r from the centre came from
@@ -99,13 +104,21 @@ class Tumour:
         return out
 
 
+# Edema (whole-tumour) radius, log-uniform: with edema confined to white matter this gives
+# whole tumours of ~10-250 mL, the span of BraTS glioma whole tumours.
+EDEMA_RADII_MM = (20.0, 45.0)
+CORE_RATIO = (0.35, 0.65)  # tumour core radius / edema radius (adult gliomas)
+EDEMA_BRIGHTNESS_LOG_STD = 0.15
+EDEMA_FALLOFF = (0.0, 0.3)
+
+
 def sample_tumour(
     rng: np.random.Generator, tissue: np.ndarray, grid: Grid, *, paediatric: bool = False
 ) -> Tumour:
     """Draw a tumour centred in white matter of the voxel tissue map `tissue` (X, Y, Z).
 
-    Edema radii are log-uniform in 12-38 mm (about 7-230 mL, the range of BraTS whole
-    tumours), so small tumours leave most axial slices healthy and large ones fill many.
+    Edema radii are log-uniform in EDEMA_RADII_MM, so small tumours leave most axial slices
+    healthy and large ones fill many; edema brightness and fringe vary per tumour.
     Paediatric tumours sit in the posterior fossa half the time, with less edema and less
     often an enhancing rim (as in diffuse midline gliomas).
     """
@@ -117,8 +130,8 @@ def sample_tumour(
     brain = tissue > 0
     depth = ndimage.distance_transform_edt(brain, sampling=spacing)
     ax, ay, az = (a[::step] for a in grid.axes_mm())
-    edema = float(np.exp(rng.uniform(np.log(12.0), np.log(38.0))))
-    core = edema * rng.uniform(0.5, 0.8) if paediatric else edema * rng.uniform(0.35, 0.65)
+    edema = float(np.exp(rng.uniform(np.log(EDEMA_RADII_MM[0]), np.log(EDEMA_RADII_MM[1]))))
+    core = edema * rng.uniform(0.5, 0.8) if paediatric else edema * rng.uniform(*CORE_RATIO)
     # On coarse grids keep every tumour a few voxels big, so no tumour case renders empty.
     voxel = max(grid.spacing)
     edema = max(edema, 1.6 * voxel)
@@ -154,6 +167,8 @@ def sample_tumour(
         satellites=tuple(satellites),
         enhancing=bool(rng.random() < (0.55 if paediatric else 0.9)),
         displaced_radius=core * rng.uniform(0.4, 0.8),
+        edema_brightness=float(np.exp(rng.normal(0.0, EDEMA_BRIGHTNESS_LOG_STD))),
+        edema_falloff=float(rng.uniform(*EDEMA_FALLOFF)),
     )
 
 

@@ -1,10 +1,12 @@
 """Real anatomy from the MNI152 (ICBM 2009a symmetric) templates that ship inside nilearn.
 
 The grey / white-matter probability maps and the brain mask are turned once into a label
-volume with the procedural model's codes (ventricles, deep grey matter and hippocampi from
-their MNI locations); each subject is a small random similarity transform of it, and
-atrophy is applied by distance: ventricles grow into their surroundings, the cortex thins
-from the outside, hippocampi shrink into temporal-horn CSF.
+volume with the procedural model's codes (ventricles, deep grey matter, hippocampi and the
+choroid plexus glomus from their MNI locations). Each subject is a small random affine
+transform of it plus a smooth non-linear deformation (a few random plane waves of ~2-3 mm
+displacement: brains differ in lobe and ventricle shape, not only in size). Atrophy is
+applied by distance: ventricles grow into their surroundings, the cortex thins from the
+outside, hippocampi shrink into temporal-horn CSF.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from scipy import ndimage
 from jaxcf.data.errors import DataError
 from jaxcf.data.phantoms.anatomy import (
     BG,
+    CHOROID,
     CSF,
     DEEP_GM,
     GM,
@@ -32,6 +35,11 @@ from jaxcf.data.phantoms.anatomy import (
 MNI_CENTRE_MM = np.array([0.0, -17.0, 10.0])
 _HIPPOCAMPUS = ((27.0, -22.0, -14.0), (6.0, 18.0, 6.0))
 _HIPPOCAMPUS_PITCH = np.deg2rad(25.0)
+# Glomus of the choroid plexus in the atrium of each lateral ventricle (MNI mm, radius mm);
+# the templates have no label for it.
+_CHOROID = ((28.0, -40.0, 14.0), 7.0)
+_WAVES = 4  # plane waves of the per-subject deformation
+_WAVE_MM = 2.5  # its displacement standard deviation per axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +49,11 @@ class MNIParams:
     matrix: np.ndarray
     offset: np.ndarray
     severity: float = 0.0
+    # Smooth deformation: K plane waves, displacement(m) = sum_k amp_k sin(<freq_k, m> + phase_k)
+    # with wave vectors freqs (K, 3) rad/mm, amplitude vectors amps (K, 3) mm, phases (K,).
+    freqs: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3)))
+    amps: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 3)))
+    phases: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +79,9 @@ def require_nilearn():
     try:
         from nilearn import datasets
     except ImportError as error:
-        raise DataError("--anatomy mni152 needs nilearn: pip install 'jaxcf[anatomy]'") from error
+        raise DataError(
+            "--anatomy mni152 needs nilearn (a jaxcf dependency): pip install nilearn"
+        ) from error
     return datasets
 
 
@@ -103,12 +118,15 @@ def _atlas(step: int = 1) -> _Atlas:
     labels[(labels == CSF) & central & (depth > 12)] = VENTRICLE
     labels[(labels == GM) & central & (depth > 22) & (mz > -10) & (mz < 20)] = DEEP_GM
     labels[(labels == GM) & (_hippocampus_radius(mx, my, mz) < 1.0)] = HIPPOCAMPUS
+    (cx, cy, cz), radius = _CHOROID
+    glomus = (np.abs(mx) - cx) ** 2 + (my - cy) ** 2 + (mz - cz) ** 2 < radius**2
+    labels[(labels == VENTRICLE) & glomus] = CHOROID
     outside = (labels == BG) | (labels == CSF)
     return _Atlas(
         labels=labels,
-        to_ventricle=ndimage.distance_transform_edt(labels != VENTRICLE, sampling=mm).astype(
-            np.float32
-        ),
+        to_ventricle=ndimage.distance_transform_edt(
+            ~np.isin(labels, (VENTRICLE, CHOROID)), sampling=mm
+        ).astype(np.float32),
         to_outside=ndimage.distance_transform_edt(~outside, sampling=mm).astype(np.float32),
         world_to_voxel=np.linalg.inv(affine),
     )
@@ -131,7 +149,15 @@ class MNI152Anatomy:
         )
         matrix = (rotation.T / size[:, None]).astype(np.float64)
         offset = MNI_CENTRE_MM + rng.normal(0.0, 1.5, 3)
-        return MNIParams(matrix=matrix, offset=offset)
+        # Wavelengths 50-120 mm: lobe- and ventricle-scale shape changes that keep the
+        # topology (displacement gradients ~0.2, far from folding the map).
+        count = _WAVES
+        directions = rng.standard_normal((count, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        freqs = directions * (2.0 * np.pi / rng.uniform(50.0, 120.0, count))[:, None]
+        amps = rng.normal(0.0, _WAVE_MM / np.sqrt(count / 2.0), (count, 3))
+        phases = rng.uniform(0.0, 2.0 * np.pi, count)
+        return MNIParams(matrix, offset, 0.0, freqs, amps, phases)
 
     def atrophied(self, params: MNIParams, severity: float) -> MNIParams:
         return dataclasses.replace(params, severity=float(np.clip(severity, 0.0, 1.0)))
@@ -140,6 +166,12 @@ class MNI152Anatomy:
         """Tissue labels (uint8, shape of x) at centred RAS mm points."""
         a, b = params.matrix, params.offset
         m = [a[r, 0] * x + a[r, 1] * y + a[r, 2] * z + b[r] for r in range(3)]
+        shift = [np.zeros_like(m[0]) for _ in range(3)]
+        for f, amp, phase in zip(params.freqs, params.amps, params.phases, strict=True):
+            wave = np.sin(f[0] * m[0] + f[1] * m[1] + f[2] * m[2] + phase)
+            for r in range(3):
+                shift[r] += np.float32(amp[r]) * wave
+        m = [m[r] + shift[r] for r in range(3)]
         v = self.atlas.world_to_voxel
         coords = np.stack([v[r, 0] * m[0] + v[r, 1] * m[1] + v[r, 2] * m[2] + v[r, 3]
                            for r in range(3)])  # fmt: skip

@@ -23,7 +23,8 @@ BRATS_CONTRAST = {
     "t1": (0, 250, 620, 880, 700, 600, 230, 450, 320, 560, 650),
     "t1ce": (0, 280, 640, 820, 700, 620, 260, 1300, 330, 560, 1550),
     "t2": (0, 2400, 1150, 760, 950, 1200, 2500, 1600, 2000, 1750, 1350),
-    "flair": (0, 120, 520, 400, 470, 560, 100, 350, 600, 950, 800),
+    # Choroid plexus reads iso- to hyperintense on FLAIR (not CSF-suppressed): ~1.4x WM.
+    "flair": (0, 120, 520, 400, 470, 560, 100, 560, 600, 950, 800),
 }
 # ADNI MPRAGE T1 (stronger grey-white contrast than BraTS' mixed T1 protocols).
 ADNI_CONTRAST = {"t1": (0, 180, 560, 950, 700, 560, 160, 300, 300, 500, 600)}

@@ -1,9 +1,9 @@
 """Deterministic randomness: independent per-case streams and the choice of healthy cases.
 
 Each case draws from its own `SeedSequence((seed, kind, case))`, split into named streams
-(anatomy, pathology, contrast, noise), so a case's pixels do not depend on how many cases are
-generated, and re-rendering a case without its pathology (the healthy counterfactual) keeps
-the same anatomy, contrast and noise.
+(anatomy, pathology, contrast, noise, confounders), so a case's pixels do not depend on how
+many cases are generated, and re-rendering a case without its pathology (the healthy
+counterfactual) keeps the same anatomy, contrast, confounders and noise.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import numpy as np
 from jaxcf.errors import InputError
 
 KIND_IDS = {"brats2021": 1, "brats2023": 2, "brats-peds": 3, "ms": 4, "adni": 5, "cxr": 6}
-STREAMS = ("anatomy", "pathology", "contrast", "noise", "ids")
+# Appended streams never change the earlier ones (SeedSequence children are numbered).
+STREAMS = ("anatomy", "pathology", "contrast", "noise", "ids", "confounders")
 
 
 def case_rngs(seed: int, kind: str, case: int) -> dict[str, np.random.Generator]:

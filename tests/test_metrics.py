@@ -304,3 +304,21 @@ def test_rebatch_regroups_filtered_batches_into_fixed_chunks():
     np.testing.assert_array_equal(np.concatenate(chunks), np.arange(24))
     tail = [b["image"] for b in rebatch(iter([{"image": np.arange(3)}]), 8)]
     assert [len(c) for c in tail] == [3]
+
+
+def test_examples_keep_the_largest_tumours_in_split_order():
+    """Panels show the slices with the most tumour (every slice is scored under paper
+    001's protocol, and the first slices of a case are usually healthy)."""
+    from jaxcf.evaluation.benchmark import Example, example_candidates, keep_largest_tumours
+
+    def example(area: int, index: int) -> Example:
+        truth = np.zeros((4, 4), bool)
+        truth.flat[:area] = True
+        return Example(np.zeros((4, 4, 1)), truth, {}, "case", index)
+
+    kept: list[Example] = []
+    for start, areas in ((0, [0, 0, 3]), (3, [5, 0, 1]), (6, [2, 9, 0])):
+        areas = np.array(areas)
+        for i in example_candidates(kept, areas, 2):
+            kept = keep_largest_tumours([*kept, example(int(areas[i]), start + i)], 2)
+    assert [e.slice_index for e in kept] == [3, 7]  # areas 5 and 9, in split order

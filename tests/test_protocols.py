@@ -52,8 +52,11 @@ def test_diffscm_brats_evaluates_every_slice_at_128_px():
     assert segmentation.eval_image_size(config) == 128
     toy = _load_config("diffscm_brats", "toy")
     assert (toy.data.image_size, toy.eval.image_size) == (16, 32)  # the same ratio
-    # Elsewhere the default grid is the model's.
-    assert segmentation.eval_image_size(_load_config("quickstart")) == 32
+    # The demo follows the same protocol at its size (32 px model, scored at 64); its toy
+    # variant, and configs that set nothing, score on the model's grid.
+    assert segmentation.eval_image_size(_load_config("quickstart")) == 64
+    assert segmentation.eval_image_size(_load_config("quickstart", "toy")) == 16
+    assert segmentation.eval_image_size(_load_config("pcf_unet_brats")) == 128
 
 
 def test_a_bad_eval_image_size_is_named():

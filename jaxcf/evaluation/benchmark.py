@@ -69,6 +69,20 @@ class Example:
     slice_index: int = -1
 
 
+def keep_largest_tumours(examples: list[Example], k: int) -> list[Example]:
+    """The k examples with the most tumour pixels (ties: the earliest), in split order:
+    panels show tumours even when every slice of a split is scored (paper 001)."""
+    ranked = sorted(range(len(examples)), key=lambda i: (-int(examples[i].truth.sum()), i))
+    return [examples[i] for i in sorted(ranked[:k])]
+
+
+def example_candidates(kept: list[Example], areas: np.ndarray, k: int) -> list[int]:
+    """Rows of a batch (tumour areas (B,)) that could enter the k largest kept so far."""
+    floor = -1 if len(kept) < k else min(int(e.truth.sum()) for e in kept)
+    order = np.argsort(-areas, kind="stable")[:k]
+    return [int(i) for i in order if areas[i] > floor or len(kept) < k]
+
+
 def slice_batches(data_config: Any, split: str, slices: str, max_items: int) -> Iterator[dict]:
     """Batches {image (B, S, S, C), seg (B, S, S), label (B,), index (B,): the items' rows
     in the shards (reports.slice_ids)} of the split, padding rows removed, filtered to
@@ -229,18 +243,18 @@ def evaluate_split(
             rows[name].extend(case_metrics(p, t) for p, t in zip(masks, truth, strict=True))
             if records is not None:
                 records.extend(slice_records(name, ids, masks, truth))
-        for i in range(min(len(images), keep_examples - len(examples))):
-            examples.append(
-                Example(
-                    images[i],
-                    truth[i],
-                    {
-                        n: (o[0][i] if o[0] is not None else None, o[1][i], o[2][i])
-                        for n, o in outputs.items()
-                    },
-                    *ids[i],
-                )
+        areas = truth.reshape(len(truth), -1).sum(-1)
+        for i in example_candidates(examples, areas, keep_examples):
+            example = Example(
+                images[i],
+                truth[i],
+                {
+                    n: (o[0][i] if o[0] is not None else None, o[1][i], o[2][i])
+                    for n, o in outputs.items()
+                },
+                *ids[i],
             )
+            examples = keep_largest_tumours([*examples, example], keep_examples)
         bar.update(len(images))
     bar.close()
     results = {}

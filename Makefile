@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 PIN := -c constraints.txt
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-ref test-multiprocess bench bench-gpu bench-compare lint format clean
+.PHONY: demo demo-model test test-ref test-multiprocess bench bench-gpu bench-compare lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "jaxcf needs Python >= 3.11"'
@@ -29,8 +29,21 @@ $(VENV)/.stamp-gpu: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(PIN) -e ".[gpu]"
 	touch $@
 
+# make demo: the quickstart with the shipped demo model (jaxcf/assets/quickstart), no
+# training; make demo TRAIN=1 trains configs/quickstart.py from scratch instead (resumes
+# runs/quickstart if it holds a checkpoint of its own). No shipped model: it trains.
+TRAIN ?=
 demo: $(VENV)/.stamp-base
-	$(BIN)/python -m jaxcf.demo
+	$(BIN)/python -m jaxcf.demo $(if $(filter 1 yes true,$(TRAIN)),--train)
+
+# The shipped demo model: configs/quickstart.py trained from scratch with its seeds for
+# DEMO_MODEL_STEPS steps in runs/demo-model (refused if that holds a checkpoint), then its
+# EMA weights exported to jaxcf/assets/quickstart (model.safetensors + manifest.json with
+# the config, step, seeds, wall time, command, sha256 and git commit). Prints the wall time.
+DEMO_MODEL_STEPS ?= 16000
+demo-model: $(VENV)/.stamp-base
+	$(BIN)/python -m jaxcf.demo_model --steps $(DEMO_MODEL_STEPS) --workdir runs/demo-model \
+		--command "make demo-model DEMO_MODEL_STEPS=$(DEMO_MODEL_STEPS)"
 
 # The two-process test runs after the rest, alone: on CPU, Gloo gives a process 30 s to meet
 # its partner in a collective, which sharing the cores with other test workers could exceed.

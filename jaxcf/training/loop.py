@@ -135,7 +135,8 @@ def _write_tokenizer(data_config: Any, workdir: pathlib.Path) -> None:
 
 def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     """Train config in workdir (created; resumed if it holds checkpoints). Returns a summary
-    {step, loss, checkpoint_step, interrupted, seconds}."""
+    {step, loss, checkpoint_step, start_step, interrupted, seconds} (seconds: this call's
+    loop, from start_step)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     parallel.initialize_distributed()
@@ -262,6 +263,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
         step=done,
         loss=host.get("loss"),
         checkpoint_step=last_saved,
+        start_step=start,  # > 0: resumed; seconds covers this invocation only
         seconds=time.perf_counter() - started,
         workdir=str(workdir),
     )

@@ -26,10 +26,11 @@ from test_method_platform import MEANS, MODEL, _config, _healthy_proxies, _mesh
 
 from jaxcf import diffusion as D
 from jaxcf.counterfactual import MethodModel, MethodRunner, null_label, promptable, registry
-from jaxcf.counterfactual.prompts import box_regions, heatmap_box, peak_blob
+from jaxcf.counterfactual.prompts import box_regions, heatmap_box, peak_blob, peak_heat
 from jaxcf.errors import InputError
 from jaxcf.evaluation import benchmark
-from jaxcf.experiments import segmentation
+from jaxcf.experiments import calibration, segmentation
+from jaxcf.training.data import ensure_data
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_methods_run_on_the_model_grid_and_are_scored_on_the_evaluation_grid():
     assert on_grid(small)[0] is small["image"]
 
 
-def _trained(config, means: np.ndarray, labels: np.ndarray, std: float = 0.02):
+def _trained(config, means: np.ndarray, labels: np.ndarray, std: float = 0.02, workdir=None):
     """A TrainedModel stand-in: the exact denoiser of `means` (label per row)."""
     labels = jnp.asarray(labels)
     schedule = D.linear()
@@ -116,7 +117,11 @@ def _trained(config, means: np.ndarray, labels: np.ndarray, std: float = 0.02):
         x0_transform=D.static_clip,
     )
     return types.SimpleNamespace(
-        config=config, method_model=lambda: model, weights=jnp.asarray(means), step=0
+        config=config,
+        method_model=lambda: model,
+        weights=jnp.asarray(means),
+        step=0,
+        workdir=workdir,
     )
 
 
@@ -135,11 +140,14 @@ def test_evaluation_scores_all_slices_on_the_eval_grid_with_oracle_and_heatmap_r
     seg = np.concatenate([r["seg"] for r in rows])
     tumour = int((seg > 0).any(axis=(1, 2)).sum())
     assert 0 < tumour < len(images)  # healthy slices are part of the protocol
-    # The model knows each test slice on its own grid: healthy (label 0) and as it is (1).
-    small = benchmark.resize_slices(images, 16)
-    small_seg = benchmark.resize_label_slices(seg, 16)
+    # The model knows each test and validation slice on its own grid (the heatmap box's
+    # level is calibrated on the latter): healthy (label 0) and as it is (1).
+    model_data = ensure_data(config.data.copy_and_resolve_references(), tmp_path)
+    val = list(benchmark.slice_batches(model_data, "val", "all", 0))
+    small = np.concatenate([benchmark.resize_slices(images, 16), *(r["image"] for r in val)])
+    small_seg = np.concatenate([benchmark.resize_label_slices(seg, 16), *(r["seg"] for r in val)])
     means = np.concatenate([_healthy_proxies(small, small_seg), small])
-    trained = _trained(config, means, np.repeat([0, 1], len(images)))
+    trained = _trained(config, means, np.repeat([0, 1], len(small)), workdir=tmp_path)
 
     record = segmentation.evaluate(trained, tmp_path, "test", tmp_path / "eval", progress=False)
     assert (record["slices"], record["image_size"], record["model_image_size"]) == ("all", 32, 16)
@@ -155,6 +163,11 @@ def test_evaluation_scores_all_slices_on_the_eval_grid_with_oracle_and_heatmap_r
     # The exact model's Diff-SCM heatmaps, upsampled, land on the 32 px tumours (measured:
     # AUPRC 0.895, ideal Dice 0.82; the FLAIR baseline, scored on the same grid, 0.98).
     assert results["diffscm"]["auprc"] > 0.7
+    # The heatmap box's level came from the validation split, and the table says so.
+    level = saved["calibration"]["promptable_heatmap_box"]
+    assert level["split"] == "val" and level["slices"] == sum(len(r["image"]) for r in val)
+    assert 0.0 < level["level"] and level["accuracy"] >= 0.5
+    assert f"heat peaks >= {level['level']:.3g}" in table
 
 
 # ---------------------------------------------------------------- (b) oracle and non-oracle
@@ -190,6 +203,67 @@ def test_heatmap_box_is_the_box_around_the_hottest_blob():
     assert core[0, 4:9, 6:12].sum() > 20 and not core[0, 15:].any()
 
 
+def test_heatmap_box_draws_no_box_where_the_heat_peaks_below_min_peak():
+    heat = np.zeros((2, 16, 16), np.float32)
+    heat[0, 4:8, 4:8] = 0.5  # peak_heat 0.5 (the 3 x 3 mean inside a 4 x 4 blob)
+    heat[1, 4:8, 4:8] = 0.2  # a fainter blob: peak_heat 0.2
+    brain = np.ones((2, 16, 16), bool)
+    np.testing.assert_allclose(peak_heat(heat, brain), [0.5, 0.2], rtol=1e-6)
+    boxes = np.asarray(heatmap_box(heat, brain, 1, 0.5, 0.3))
+    np.testing.assert_array_equal(boxes[0], box_regions(heat[:1] > 0, 1)[0])
+    assert not boxes[1].any()
+    assert np.asarray(heatmap_box(heat, brain, 1, 0.5, 0.0))[1].any()  # 0: every slice
+
+
+def test_the_detection_level_is_the_one_that_classifies_most_slices_right():
+    peaks = np.array([0.05, 0.10, 0.12, 0.20, 0.30, 0.11])
+    tumour = np.array([False, False, True, True, True, False])
+    record = calibration.detection_level(peaks, tumour)
+    # 0.115 (between 0.11 and 0.12) separates them perfectly.
+    assert record["level"] == pytest.approx(0.115)
+    assert (record["accuracy"], record["sensitivity"], record["specificity"]) == (1.0, 1.0, 1.0)
+    assert (record["slices"], record["tumour_slices"]) == (6, 3)
+    # Overlapping classes: 0.2 and 0.4 are healthy slices' peaks. 0.115, 0.25 and a level
+    # above every peak each get 5 of 7 right; ties go to the lowest, most sensitive one.
+    peaks = np.array([0.05, 0.10, 0.20, 0.12, 0.30, 0.11, 0.40])
+    tumour = np.array([False, False, False, True, True, False, False])
+    record = calibration.detection_level(peaks, tumour)
+    assert record["level"] == pytest.approx(0.115) and record["accuracy"] == pytest.approx(5 / 7)
+    # Every slice healthy: a level above every peak, so no slice gets a box.
+    record = calibration.detection_level(np.array([0.1, 0.2]), np.array([False, False]))
+    assert record["level"] > 0.2 and record["specificity"] == 1.0
+    with pytest.raises(InputError, match="detection_level"):
+        calibration.detection_level(np.zeros(3), np.zeros(2, bool))
+
+
+def test_calibration_is_cached_per_step_and_first_pass(tmp_path, monkeypatch):
+    runs = []
+
+    def fake_peaks(trained, settings, data, split="val", *, progress=True):
+        runs.append(float(settings.first_pass_strength))
+        return np.array([0.1, 0.3]), np.array([False, True])
+
+    monkeypatch.setattr(calibration, "first_pass_peaks", fake_peaks)
+    monkeypatch.setattr(calibration, "ensure_data", lambda data, workdir: data)
+    config = _load_config("quickstart", "toy")
+    trained = types.SimpleNamespace(config=config, step=5, workdir=tmp_path)
+    settings = segmentation.method_settings(
+        config, segmentation.parse_method("promptable:region=heatmap_box", config)
+    )
+    first = calibration.calibrated(trained, settings, progress=False)
+    assert first.box_min_heat == pytest.approx(0.2) and first.calibration.accuracy == 1.0
+    again = calibration.calibrated(trained, settings, progress=False)
+    assert again.box_min_heat == first.box_min_heat and runs == [0.75]  # read from the cache
+    settings.first_pass_strength = 0.5  # another first pass: calibrated anew
+    calibration.calibrated(trained, settings, progress=False)
+    assert runs == [0.75, 0.5]
+    settings.box_calibrate = "off"
+    assert calibration.calibrated(trained, settings).box_min_heat == 0.0  # as given
+    settings.box_calibrate = "test"
+    with pytest.raises(InputError, match="box_calibrate must be one of"):
+        calibration.calibrated(trained, settings)
+
+
 def test_the_heatmap_box_prompt_is_drawn_from_the_first_pass_without_ground_truth():
     config = _config(promptable={"region": "heatmap_box", "box_margin": 1})
     runner = MethodRunner(MODEL, MEANS, "promptable", config, _mesh(1), progress=False)
@@ -201,6 +275,25 @@ def test_the_heatmap_box_prompt_is_drawn_from_the_first_pass_without_ground_trut
     np.testing.assert_array_equal(region, box_regions(region, 0))  # a box
     # Inside the box the square is healed (the heatmap is the square's contrast).
     assert out["heatmap"][SQUARES].min() > 0.5 and out["heatmap"][~region].max() == 0.0
+
+
+def test_a_diffscm_row_with_the_first_pass_settings_lends_its_heatmap():
+    """The evaluation hands a heatmap_box row the Diff-SCM row's heatmap when that row's
+    settings are the first pass's: the same region and counterfactual as running it."""
+    config = _config(promptable={"region": "heatmap_box", "box_margin": 1})
+    config.diffscm = promptable.first_pass_config(config.promptable)
+    own = MethodRunner(MODEL, MEANS, "promptable", config, _mesh(1), progress=False)
+    first = MethodRunner(MODEL, MEANS, "diffscm", config, _mesh(1), progress=False)
+    assert segmentation.first_pass_sources({"diffscm": first, "hb": own}) == {"hb": "diffscm"}
+    assert segmentation.first_pass_sources({"hb": own, "diffscm": first}) == {}  # not yet run
+    heat = first({"image": TUMOUR_IMAGES})["heatmap"]
+    lent = own({"image": TUMOUR_IMAGES, "first_heatmap": heat})
+    ran = own({"image": TUMOUR_IMAGES})
+    np.testing.assert_array_equal(lent["region"], ran["region"])
+    np.testing.assert_allclose(lent["counterfactual"], ran["counterfactual"], atol=1e-5)
+    config.diffscm.strength = 0.5  # another pass: nothing to lend
+    other = MethodRunner(MODEL, MEANS, "diffscm", config, _mesh(1), progress=False)
+    assert segmentation.first_pass_sources({"diffscm": other, "hb": own}) == {}
 
 
 @pytest.mark.parametrize(

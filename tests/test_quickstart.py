@@ -120,7 +120,18 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
     assert evaluate.main(eval_argv) == 0, capsys.readouterr().err
     table = (eval_out / "metrics.md").read_text()
     assert "| Diff-SCM |" in table and "Promptable" not in table
-    assert json.loads((eval_out / "metrics.json").read_text())["split"] == "val"
+    first = json.loads((eval_out / "metrics.json").read_text())
+    assert first["split"] == "val"
+    # The same model, config and seed: the same table, to the last bit (issue 11, sec. 6).
+    again = tmp_path / "eval_again"
+    assert evaluate.main([*eval_argv[:-4], f"--out={again}", *eval_argv[-3:]]) == 0
+
+    def scores(record: dict) -> dict:  # everything but the wall time
+        return {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in record.items()}
+
+    second = json.loads((again / "metrics.json").read_text())["results"]
+    assert scores(second) == scores(first["results"])
+    assert (again / "per_slice.csv").read_text() == (eval_out / "per_slice.csv").read_text()
 
 
 @pytest.mark.parametrize(

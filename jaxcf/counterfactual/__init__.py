@@ -29,6 +29,7 @@ from jaxcf.counterfactual.promptable import (
 from jaxcf.counterfactual.prompts import (
     box_regions,
     heatmap_box,
+    peak_heat,
     prompt_regions,
     random_region,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "make_promptable",
     "mask_prompt_hook",
     "null_label",
+    "peak_heat",
     "position_transfer",
     "prompt_regions",
     "promptable_counterfactual",

@@ -421,6 +421,8 @@ def position_transfer(
 # --- the method plug-in (jaxcf.counterfactual.registry) -------------------------------------
 
 LABEL = "Promptable"
+# box_calibrate: "val" = box_min_heat from the validation split (jaxcf.experiments.calibration)
+BOX_CALIBRATIONS = ("val", "off")
 # How tables name each prompt: "box" and "seg" come from the ground truth (an oracle).
 REGION_LABELS = {
     "box": "oracle box",
@@ -452,6 +454,14 @@ def default_config() -> ml_collections.ConfigDict:
             "first_pass_steps": 0,
             "first_pass_strength": 0.75,
             "box_fraction": 0.5,
+            # heatmap_box draws no box on a slice whose first-pass heat (3 x 3 mean) peaks
+            # below box_min_heat (0 = a box on every slice). box_calibrate="val": the
+            # evaluation and counterfactual CLIs set it from the model's validation split
+            # (the level that best tells its slices with a tumour from those without, as
+            # the FLAIR baseline's threshold is chosen there; jaxcf.experiments.calibration)
+            # | "off": box_min_heat as given
+            "box_min_heat": 0.0,
+            "box_calibrate": "val",
             # RePaint resampling (Lugmayr et al. 2022's defaults: jump 10, 10 resamplings;
             # paper 000 gives none); 0 = off
             "resample_jump": 0,
@@ -473,8 +483,9 @@ def prepare(batch: dict, cfg: ml_collections.ConfigDict) -> dict:
     region=heatmap_box is drawn on the device (build), so only the images go there."""
     if "region" in batch:
         return batch
-    if cfg.region == "heatmap_box":
-        return {"image": batch["image"]}
+    if cfg.region == "heatmap_box":  # a first pass's heatmap, when the caller has it
+        keep = ("image", "first_heatmap")
+        return {k: batch[k] for k in keep if batch.get(k) is not None}
     region = prompt_regions(
         str(cfg.region),
         np.asarray(batch["image"]),
@@ -500,7 +511,9 @@ def first_pass_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 
 def _heatmap_prompt(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
-    """fn(weights, x (B, H, W, C), key) -> (B, H, W) bool heatmap_box region of 2-D slices."""
+    """fn(weights, x (B, H, W, C), key, heat=None) -> (B, H, W) bool heatmap_box region of
+    2-D slices; heat: the first pass's (B, H, W) heatmap when the caller already has it
+    (e.g. a Diff-SCM row of the same settings, first_pass_config), else it is run here."""
     settings = first_pass_config(cfg)
     if int(cfg.get("first_pass_steps", 0)) < 0 or not 0.0 < settings.strength <= 1.0:
         raise InputError(
@@ -512,15 +525,24 @@ def _heatmap_prompt(model: MethodModel, cfg: ml_collections.ConfigDict) -> Calla
         raise InputError(
             f"counterfactual.promptable.box_fraction must be in (0, 1], got {fraction}"
         )
+    min_peak = float(cfg.get("box_min_heat", 0.0))
+    if min_peak < 0.0:
+        raise InputError(f"counterfactual.promptable.box_min_heat must be >= 0, got {min_peak}")
+    if cfg.get("box_calibrate", "off") not in BOX_CALIBRATIONS:
+        raise InputError(
+            f"counterfactual.promptable.box_calibrate must be one of {BOX_CALIBRATIONS}, got "
+            f"{cfg.get('box_calibrate')!r}"
+        )
     first = build_diffscm(model, settings)
     margin = int(cfg.box_margin)
 
-    def region(weights: Any, x: jax.Array, key: jax.Array) -> jax.Array:
+    def region(weights: Any, x: jax.Array, key: jax.Array, heat: Any = None) -> jax.Array:
         if x.ndim != 4:
             raise InputError(f"region=heatmap_box draws boxes on 2-D slices, got images {x.shape}")
-        heat = first(weights, {"image": x}, jax.random.fold_in(key, 1))["heatmap"]
+        if heat is None:
+            heat = first(weights, {"image": x}, jax.random.fold_in(key, 1))["heatmap"]
         brain = jnp.any(x != -1.0, axis=-1)  # background -1, as prompts.brain_masks
-        return heatmap_box(heat, brain, margin, fraction)
+        return heatmap_box(heat, brain, margin, fraction, min_peak)
 
     return region
 
@@ -529,7 +551,8 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     """fn(weights, {"image": (B, ..., C), "region": (B, ...)}, key) ->
     {"counterfactual", "heatmap", "region" (B, ...) float32}. With region=heatmap_box the
     batch has no region: a first Diff-SCM pass's heatmap draws it, inside the same
-    compiled function.
+    compiled function, or the batch's "first_heatmap" (B, H, W) when a caller already ran
+    that pass (first_pass_config's settings).
 
     Pixel models sample in pixel space with the model's x0 transform (the data-range
     clip); latent models sample the VAE latents (model.encode / decode) with the region
@@ -559,7 +582,10 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
 
     def fn(weights: Any, batch: dict, key: jax.Array) -> dict[str, jax.Array]:
         x = batch["image"]
-        region = batch["region"] if drawn is None else drawn(weights, x, key)
+        if drawn is None:
+            region = batch["region"]
+        else:
+            region = drawn(weights, x, key, batch.get("first_heatmap"))
         target, null = model.conditions(weights, model.label_cond(target_label, x.shape[0]))
         codec = {}
         if not pixel:

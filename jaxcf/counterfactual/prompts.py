@@ -1,15 +1,16 @@
 """Mask prompts for the promptable method: where a counterfactual may change the image.
 
     region = prompt_regions("box", images, seg, margin=3)    # host side, numpy (ORACLE)
-    region = heatmap_box(heatmap, brain, margin=3)           # jit-able, no ground truth
+    region = heatmap_box(heatmap, brain, margin=3, min_peak=0.1)  # jit-able, no ground truth
     region = random_region(key, x.shape, brain_mask)         # jit-able, for regeneration
 
 Convention (as jaxcf.counterfactual.promptable): 1 = regenerate, 0 = keep.
 
 "box" and "seg" are drawn from the ground-truth tumour: an oracle prompt (it also tells
 which slices are healthy, since their box is empty). "heatmap_box" is the box a user
-would draw around the hottest blob of a first, unprompted counterfactual's heatmap, and
-"brain" prompts the whole brain: neither sees the ground truth.
+would draw around the hottest blob of a first, unprompted counterfactual's heatmap (none
+where the heat peaks below min_peak), and "brain" prompts the whole brain: neither sees
+the ground truth.
 """
 
 from __future__ import annotations
@@ -99,17 +100,31 @@ def _dilate4(mask: jax.Array) -> jax.Array:
     )
 
 
-def peak_blob(heatmap: jax.Array, brain: jax.Array, fraction: float = 0.5) -> jax.Array:
-    """The blob a reader sees in a heatmap: (B, H, W) heatmaps and bool brain masks ->
-    (B, H, W) bool, the 4-connected pixels at >= `fraction` of the slice's peak (after a
-    3 x 3 mean, so one noisy pixel is no blob) that hold the peak. Empty where the brain's
-    heat is all zero. Jit-able (a flood fill from the peak)."""
-    if not 0.0 < fraction <= 1.0:
-        raise InputError(f"peak fraction must be in (0, 1], got {fraction}")
+def smoothed_heat(heatmap: jax.Array, brain: jax.Array) -> jax.Array:
+    """(B, H, W) heatmaps and bool brain masks -> (B, H, W) float32: the heat inside the
+    brain after a 3 x 3 mean (so one noisy pixel is no blob), 0 outside. Jit-able."""
+    brain = jnp.asarray(brain, bool)
     heat = jnp.where(brain, jnp.asarray(heatmap, jnp.float32), 0.0)
     window = (1, 3, 3)
     heat = jax.lax.reduce_window(heat, 0.0, jax.lax.add, window, (1, 1, 1), "SAME") / 9.0
-    heat = jnp.where(brain, heat, 0.0)
+    return jnp.where(brain, heat, 0.0)
+
+
+def peak_heat(heatmap: jax.Array, brain: jax.Array) -> jax.Array:
+    """(B, H, W) heatmaps and brain masks -> (B,) each slice's peak smoothed heat: what
+    heatmap_box compares with min_peak to decide whether a slice gets a box at all."""
+    heat = smoothed_heat(heatmap, brain)
+    return heat.reshape(heat.shape[0], -1).max(axis=1)
+
+
+def peak_blob(heatmap: jax.Array, brain: jax.Array, fraction: float = 0.5) -> jax.Array:
+    """The blob a reader sees in a heatmap: (B, H, W) heatmaps and bool brain masks ->
+    (B, H, W) bool, the 4-connected pixels at >= `fraction` of the slice's peak of
+    smoothed_heat that hold the peak. Empty where the brain's heat is all zero. Jit-able (a
+    flood fill from the peak)."""
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"peak fraction must be in (0, 1], got {fraction}")
+    heat = smoothed_heat(heatmap, brain)
     b, h, w = heat.shape
     flat = heat.reshape(b, -1)
     peak = flat.max(axis=1)
@@ -142,14 +157,22 @@ def bounding_boxes(mask: jax.Array, margin: int) -> jax.Array:
 
 
 def heatmap_box(
-    heatmap: jax.Array, brain: jax.Array, margin: int = 3, fraction: float = 0.5
+    heatmap: jax.Array,
+    brain: jax.Array,
+    margin: int = 3,
+    fraction: float = 0.5,
+    min_peak: float = 0.0,
 ) -> jax.Array:
     """The NON-ORACLE box prompt: (B, H, W) heatmaps of a first, unprompted counterfactual
     and bool brain masks -> (B, H, W) bool, the bounding box (+ margin) of the hottest blob
     (peak_blob), cut to the brain: the box a user would draw around what the first pass
-    highlights. It never sees the ground truth, so healthy slices get a box too."""
+    highlights. It never sees the ground truth. A slice whose peak_heat is below min_peak
+    gets no box (the reader sees nothing worth prompting); min_peak 0 boxes every slice
+    with any heat. jaxcf.experiments.calibration chooses min_peak on a validation split."""
     brain = jnp.asarray(brain, bool)
-    return bounding_boxes(peak_blob(heatmap, brain, fraction), margin) & brain
+    blob = peak_blob(heatmap, brain, fraction)
+    seen = peak_heat(heatmap, brain) >= min_peak
+    return bounding_boxes(blob & seen[:, None, None], margin) & brain
 
 
 def random_region(

@@ -203,6 +203,7 @@ class TrainedModel:
             num_classes=task.num_classes if task.condition == "label" else 0,
             # The x0 estimate's transform where the data range is known (the space's).
             x0_transform=task.space_impl.x0_transform,
+            tokenizer=self.tokenizer if task.condition == "prompt" else None,
         )
 
 

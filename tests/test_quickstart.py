@@ -141,7 +141,7 @@ def test_quickstart_end_to_end_and_the_inference_clis(tmp_path, capsys):
         (["--checkpoint=/nonexistent", "--input=/x", "--out=/tmp/o"], "no such case folder"),
         (
             ["--checkpoint=/nonexistent", "--input=/x", "--out=/tmp/o", "--method=magic"],
-            "unknown counterfactual method 'magic'; known: diffscm, promptable",
+            "unknown counterfactual method 'magic'; known: diffscm, promptable, prompt_swap",
         ),
         (
             ["--checkpoint=/nonexistent", "--input=/x", f"--out={__file__}"],

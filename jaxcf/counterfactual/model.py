@@ -60,6 +60,8 @@ class MethodModel:
     x0_transform: the x0 estimate's transform where the data range is known: a clip to the
       data range (jaxcf.training.spaces.data_range; as guided-diffusion's clip_denoised) in
       pixel space, wavelet_clip for Haar sub-bands; None otherwise (latents, z-scores).
+    tokenizer: prompt models' tokenizer (jaxcf.data.text.Tokenizer: vocab, encode_batch),
+      which prompt-taking methods use to turn text into the model's prompt ids; None else.
     """
 
     apply: Apply
@@ -71,6 +73,7 @@ class MethodModel:
     space: str = "pixel"
     num_classes: int = 0
     x0_transform: Transform = None
+    tokenizer: Any = None
 
     def model_fn(self, weights: Any, **kwargs: Any) -> ModelFn:
         """model_fn(x_t, t, cond) with the weights (and extra apply kwargs) bound."""

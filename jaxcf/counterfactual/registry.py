@@ -28,6 +28,7 @@ from jaxcf.errors import InputError
 METHODS: dict[str, str] = {
     "diffscm": "jaxcf.counterfactual.diffscm",
     "promptable": "jaxcf.counterfactual.promptable",
+    "prompt_swap": "jaxcf.counterfactual.prompt_swap",
 }
 
 REQUIRED = ("LABEL", "default_config", "build")

@@ -24,6 +24,7 @@ $(VENV)/.stamp-test: pyproject.toml constraints.txt | $(BIN)/python
 	touch $@
 $(VENV)/.stamp-ref: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(PIN) -e ".[test,ref]"
+	$(PIP) $(PIN) --no-deps open-clip-torch
 	touch $@
 $(VENV)/.stamp-gpu: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) $(PIN) -e ".[gpu]"

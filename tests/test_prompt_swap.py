@@ -191,7 +191,8 @@ def test_prompt_swap_cli_on_a_toy_text_wdm(tmp_path, capsys):
     ]
     out = tmp_path / "synthetic"
     assert cli.main([*base, f"--out={out}", "--count=2"]) == 0, capsys.readouterr().err
-    assert "prompt_swap (synthetic): 2 subject(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "prompt_swap (synthetic): 2 subject(s)" in printed and "subject PSNR" in printed
     size = int(config.data.volume_size)
     for kind in ("factual", "counterfactual", "difference"):
         image = nib.load(out / f"synthetic001_{kind}.nii.gz")

@@ -19,9 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxcf.errors import InputError
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be converted; the message names the file and the keys."""
+
+class CheckpointError(InputError):
+    """A checkpoint that cannot be converted (bad input: exit code 2 from a CLI); the message
+    names the file and the keys."""
 
 
 # The weight files of a diffusers save_pretrained model folder; .fp16 variants last.

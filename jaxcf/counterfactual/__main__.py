@@ -114,11 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     if summary.get("method") == "prompt_swap":
+        import numpy as np
+
         print(
             f"prompt_swap ({summary['mode']}): {len(summary['subjects'])} subject(s), "
             f"{summary['source_prompt']!r} -> {summary['target_prompt']!r} in "
-            f"{summary['seconds']:.1f} s, mean |difference| {summary['mean_abs_difference']:.4f}; "
-            f"wrote {values.out}"
+            f"{summary['seconds']:.1f} s, mean |difference| {summary['mean_abs_difference']:.4f}, "
+            f"subject PSNR {np.mean(summary['psnr']):.2f} dB, MS-SSIM "
+            f"{np.mean(summary['ms_ssim']):.4f}; wrote {values.out}"
         )
         return 0
     line = (

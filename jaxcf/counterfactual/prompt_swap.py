@@ -20,7 +20,7 @@ heatmap is |factual - counterfactual| averaged over channels.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -30,6 +30,7 @@ import numpy as np
 
 from jaxcf.counterfactual.diffscm import difference_map
 from jaxcf.counterfactual.model import MethodModel
+from jaxcf.data.text import known_prompt_tokens
 from jaxcf.diffusion.guidance import classifier_free_guidance, prediction_channels
 from jaxcf.diffusion.samplers import ddim_invert, ddim_sample, flow_invert, flow_sample
 from jaxcf.errors import InputError
@@ -63,28 +64,6 @@ def default_config() -> ml_collections.ConfigDict:
 def describe(cfg: ml_collections.ConfigDict) -> str:
     """The method's name in tables, e.g. "Prompt swap (real, w = 2)"."""
     return f"{LABEL} ({cfg.mode}, w = {float(cfg.guidance_scale):g})"
-
-
-def prompt_tokens(tokenizer: Any, prompts: Sequence[str], field: str) -> dict[str, np.ndarray]:
-    """Prompts -> {"prompt_ids" (N, L) int32, "prompt_mask" (N, L) bool} with the model's
-    tokenizer (jaxcf.data.text.Tokenizer). An empty prompt or a word the model never saw
-    in training (it would silently become <unk>) is an InputError naming `field`."""
-    from jaxcf.data.text import words
-
-    known = set(tokenizer.vocab)
-    for prompt in prompts:
-        said = words(prompt)
-        if not said:
-            raise InputError(f"{field}: the prompt is empty ({prompt!r})")
-        unknown = sorted({w for w in said if w not in known})
-        if unknown:
-            vocab = sorted(w for w in known if not w.startswith("<"))
-            raise InputError(
-                f"{field}: {unknown} not in the model's prompt vocabulary {vocab} "
-                f"(prompt {prompt!r})"
-            )
-    ids, mask = tokenizer.encode_batch(list(prompts))
-    return {"prompt_ids": ids, "prompt_mask": mask}
 
 
 def _interval(model: MethodModel, lo: float, hi: float) -> tuple[float, float] | None:
@@ -190,10 +169,10 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     if float(cfg.guidance_scale) < 0:
         raise InputError("counterfactual.prompt_swap.guidance_scale must be >= 0")
     interval = _interval(model, float(cfg.guidance_from), float(cfg.guidance_to))
-    source = prompt_tokens(
+    source = known_prompt_tokens(
         model.tokenizer, [cfg.source_prompt], "counterfactual.prompt_swap.source_prompt"
     )
-    target = prompt_tokens(
+    target = known_prompt_tokens(
         model.tokenizer, [cfg.target_prompt], "counterfactual.prompt_swap.target_prompt"
     )
     options = dict(

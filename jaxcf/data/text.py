@@ -13,7 +13,7 @@ import json
 import pathlib
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -106,3 +106,25 @@ class Tokenizer:
             return cls.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError) as e:
             raise DataError(f"cannot read tokenizer {path}: {e}") from e
+
+
+def known_prompt_tokens(
+    tokenizer: Tokenizer, prompts: Sequence[str], field: str
+) -> dict[str, np.ndarray]:
+    """Prompts -> {"prompt_ids" (N, L) int32, "prompt_mask" (N, L) bool} with the model's
+    tokenizer (jaxcf.data.text.Tokenizer). An empty prompt or a word the model never saw
+    in training (it would silently become <unk>) is a DataError naming `field`."""
+    known = set(tokenizer.vocab)
+    for prompt in prompts:
+        said = words(prompt)
+        if not said:
+            raise DataError(f"{field}: the prompt is empty ({prompt!r})")
+        unknown = sorted({w for w in said if w not in known})
+        if unknown:
+            vocab = sorted(w for w in known if not w.startswith("<"))
+            raise DataError(
+                f"{field}: {unknown} not in the model's prompt vocabulary {vocab} "
+                f"(prompt {prompt!r})"
+            )
+    ids, mask = tokenizer.encode_batch(list(prompts))
+    return {"prompt_ids": ids, "prompt_mask": mask}

@@ -1,9 +1,19 @@
 """Evaluation: counterfactual -> tumour-mask post-processing and segmentation metrics.
 
 ``postprocess`` turns a factual image and its healthy counterfactual into a mask (paper 000)
-or a heatmap (paper 001); ``metrics`` scores masks per case and heatmaps over a test set.
+or a heatmap (paper 001); ``metrics`` scores masks per case and heatmaps over a test set;
+``image_metrics`` compares images (PSNR, SSIM, MS-SSIM: subject preservation and sample
+diversity, paper 004).
 """
 
+from jaxcf.evaluation.image_metrics import (
+    diversity_ms_ssim,
+    ms_ssim,
+    ms_ssim_settings,
+    psnr,
+    ssim,
+    subject_preservation,
+)
 from jaxcf.evaluation.metrics import (
     StreamingAUPRC,
     case_metrics,
@@ -33,6 +43,7 @@ __all__ = [
     "case_metrics",
     "dice",
     "difference_map",
+    "diversity_ms_ssim",
     "fill_holes",
     "flair_scores",
     "foreground_mask",
@@ -41,10 +52,15 @@ __all__ = [
     "largest_component",
     "markdown_table",
     "match_histograms",
+    "ms_ssim",
+    "ms_ssim_settings",
     "otsu_mask",
     "precision",
+    "psnr",
     "segment_from_counterfactual",
     "sensitivity",
+    "ssim",
+    "subject_preservation",
     "summarize",
     "threshold_baseline",
     "vote",

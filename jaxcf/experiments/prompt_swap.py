@@ -26,6 +26,7 @@ from jaxcf.counterfactual import cases
 from jaxcf.counterfactual.runner import MethodRunner
 from jaxcf.data import transforms
 from jaxcf.errors import InputError
+from jaxcf.evaluation.image_metrics import ms_ssim_settings, subject_preservation
 
 METHOD = "prompt_swap"
 
@@ -170,8 +171,15 @@ def run(
             title=f"{name}: prompt swap ({settings.mode}, w = {settings.guidance_scale:g})",
         )
         written.append(name)
+    lo, hi = value_range
+    kept = subject_preservation(
+        outputs["factual"], outputs["counterfactual"], hi - lo, **ms_ssim_settings(size)
+    )
     return {
         "method": METHOD,
+        # paper 004's subject preservation, factual vs counterfactual, per subject
+        "psnr": [float(v) for v in np.asarray(kept["psnr"])],
+        "ms_ssim": [float(v) for v in np.asarray(kept["ms_ssim"])],
         "mode": str(settings.mode),
         "subjects": written,
         "source_prompt": str(settings.source_prompt),

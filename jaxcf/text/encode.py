@@ -1,0 +1,176 @@
+"""Precompute prompt embeddings with a pretrained text tower, for text.encoder = "file".
+
+    python -m jaxcf.text.encode --checkpoint=BiomedCLIP_or_BERT_folder \\
+        --tokenizer=runs/wdm_ms/prepared/ms_volumes/meta.json \\
+        --prompts="Subject has minimal lesion load|Subject has high lesion load" --out=emb.npz
+    python -m jaxcf.text.encode --checkpoint=sd15/text_encoder --tower=clip ...
+
+The tower (BERT: BiomedCLIP's PubMedBERT text tower or any BERT; CLIP: Stable Diffusion
+1.5's ViT-L/14 text transformer) is read from local files only (jaxcf.convert.bert /
+clip_text) and tokenises with its own vocabulary (WordPiece from vocab.txt beside the
+checkpoint; CLIP's BPE from the open-clip-torch package or --vocab). The npz holds what
+jaxcf.models.text.PrecomputedText looks up: `prompt_ids` (P, L), the prompts as the
+model's data tokenizer writes them (--tokenizer: a prepared dataset's meta.json or a
+workdir's tokenizer.json), `embeddings` (P, L2, D) and `mask` (P, L2): the tower's last
+hidden states (--output=tokens, the default: cross-attention context) or one pooled,
+projected token (--output=pooled). The null prompt (<bos> only, classifier-free guidance's)
+is always added, encoded from the empty string. Prompts are encoded once, in one batch.
+
+Exit codes: 0 done, 2 bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+from jaxcf.cli import ArgumentParser, call, parse_args
+from jaxcf.errors import InputError
+
+PROG = "jaxcf.text.encode"
+TOWERS = ("auto", "bert", "clip")
+OUTPUTS = ("tokens", "pooled")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="python -m jaxcf.text.encode", description=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="tower weights: file or folder")
+    parser.add_argument(
+        "--tokenizer", required=True, help="the diffusion model's data tokenizer (json)"
+    )
+    parser.add_argument(
+        "--prompts", required=True, help="prompts separated by '|', or a text file, one a line"
+    )
+    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("--tower", choices=TOWERS, default="auto", help="default: from keys")
+    parser.add_argument("--vocab", default=None, help="tower vocabulary (vocab.txt / bpe .gz)")
+    parser.add_argument("--output", choices=OUTPUTS, default="tokens")
+    parser.add_argument("--max-len", type=int, default=64, help="BERT tokens (default 64)")
+    parser.add_argument("--num-heads", type=int, default=None, help="if no config.json")
+    return parser
+
+
+def read_prompts(spec: str) -> list[str]:
+    """--prompts: a file with one prompt a line, or prompts separated by '|'."""
+    path = pathlib.Path(spec)
+    text = path.read_text() if path.is_file() else spec
+    sep = "\n" if path.is_file() else "|"
+    prompts = [p.strip() for p in text.split(sep) if p.strip()]
+    if not prompts:
+        raise InputError(f"--prompts: no prompt in {spec!r}")
+    return prompts
+
+
+def data_tokenizer(path: str):
+    """A Tokenizer from tokenizer.json, a prepared dataset's meta.json or its folder."""
+    from jaxcf.data.text import Tokenizer
+
+    file = pathlib.Path(path)
+    if file.is_dir():
+        file = file / "meta.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"--tokenizer: no such file {file}")
+    obj = json.loads(file.read_text())
+    obj = obj.get("tokenizer", obj) if file.name == "meta.json" else obj
+    if "vocab" not in obj:
+        raise InputError(f"--tokenizer: {file} holds no prompt tokenizer")
+    return Tokenizer.from_json(obj)
+
+
+def detect_tower(checkpoint: str) -> str:
+    """ "bert" or "clip" from the checkpoint's tensor names."""
+    from jaxcf.convert.common import load_state_dict, resolve_checkpoint
+
+    names = ("model.safetensors", "pytorch_model.bin")
+    file = resolve_checkpoint(checkpoint, names, subfolders=("text_encoder",))
+    if file.suffix == ".safetensors":  # names only: a single-file SD checkpoint is 4 GB
+        from safetensors import safe_open
+
+        with safe_open(str(file), "np") as handle:
+            keys = list(handle.keys())
+    else:
+        keys = list(load_state_dict(file))
+    if any("token_embedding.weight" in k for k in keys):
+        return "clip"
+    if any("word_embeddings.weight" in k for k in keys):
+        return "bert"
+    raise InputError(f"--checkpoint: {checkpoint} holds neither a BERT nor a CLIP text tower")
+
+
+def encode_bert(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    from jaxcf.convert.bert import load_bert
+    from jaxcf.data.wordpiece import WordPieceTokenizer
+
+    model, config = load_bert(args.checkpoint, num_heads=args.num_heads)
+    folder = pathlib.Path(args.checkpoint)
+    vocab = args.vocab or (folder if folder.is_dir() else folder.parent) / "vocab.txt"
+    ids, mask = WordPieceTokenizer.from_vocab(vocab, max_len=args.max_len).encode_batch(texts)
+    if args.output == "pooled":
+        if config.proj is None:
+            raise InputError(f"--output=pooled needs a projection head; {args.checkpoint} has none")
+        pooled = np.asarray(model.encode_text(ids, mask))
+        return pooled[:, None], np.ones((len(pooled), 1), bool)
+    return np.asarray(model(ids, mask)), np.asarray(mask, bool)
+
+
+def encode_clip(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    from jaxcf.convert.clip_text import load_clip_text
+    from jaxcf.data.clip_bpe import CLIPTokenizer
+
+    model, _ = load_clip_text(args.checkpoint, num_heads=args.num_heads)
+    tokenizer = (
+        CLIPTokenizer.from_file(args.vocab) if args.vocab else CLIPTokenizer.from_open_clip()
+    )
+    ids = tokenizer(texts)
+    out = model(ids)
+    if args.output == "pooled":
+        pooled = np.asarray(out["pooled"])
+        return pooled[:, None], np.ones((len(pooled), 1), bool)
+    # Stable Diffusion attends to all 77 positions, padding included.
+    hidden = np.asarray(out["last_hidden_state"])
+    return hidden, np.ones(hidden.shape[:2], bool)
+
+
+def encode(args: argparse.Namespace) -> dict:
+    """Write the npz; returns a summary."""
+    prompts = read_prompts(args.prompts)
+    tokenizer = data_tokenizer(args.tokenizer)
+    from jaxcf.data.text import known_prompt_tokens
+
+    words = known_prompt_tokens(tokenizer, prompts, "--prompts")  # unknown words: refused
+    null_ids = np.zeros((1, tokenizer.max_len), np.int32)
+    null_ids[0, 0] = tokenizer.vocab.index("<bos>")
+    prompt_ids = np.concatenate([words["prompt_ids"], null_ids])
+    tower = detect_tower(args.checkpoint) if args.tower == "auto" else args.tower
+    texts = [*prompts, ""]
+    embeddings, mask = (encode_bert if tower == "bert" else encode_clip)(args, texts)
+    out = pathlib.Path(args.out)
+    if out.suffix != ".npz":
+        raise InputError(f"--out: {out} must end in .npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    np.savez(tmp, prompt_ids=prompt_ids, embeddings=embeddings.astype(np.float32), mask=mask)
+    tmp.replace(out)
+    return {"tower": tower, "prompts": len(prompts), "shape": embeddings.shape, "out": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(PROG, _parser(), argv)
+    if isinstance(args, int):
+        return args
+    code, summary = call(PROG, lambda: encode(args))
+    if code:
+        return code
+    print(
+        f"{summary['tower']}: {summary['prompts']} prompts + the null prompt -> embeddings "
+        f"{summary['shape']} in {summary['out']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,6 @@ any missing one, is a CheckpointError naming the file. TF-era `LayerNorm.gamma` 
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
@@ -30,13 +29,16 @@ from flax import nnx
 
 from jaxcf.convert.common import (
     CheckpointError,
-    fill_params,
-    linear_kernel,
+    Entry,
+    check_table_keys,
+    dense_entries,
     load_state_dict,
+    norm_entries,
+    params_from_table,
+    read_hf_config,
     resolve_checkpoint,
     shorten,
-    tree_get,
-    tree_set,
+    state_from_table,
 )
 from jaxcf.models.bert import Bert, BertConfig
 
@@ -45,32 +47,20 @@ WORD_EMBEDDINGS = "embeddings.word_embeddings.weight"
 # Inside the prefix, read by nobody on purpose (see the module docstring).
 IGNORED = ("embeddings.position_ids", "embeddings.token_type_ids", "pooler.dense.")
 
-Path = tuple[Any, ...]  # a path into nnx.to_pure_dict(params)
-Entry = tuple[str, Path, str]  # (checkpoint key, parameter path, "linear" | "vec")
-
 
 # --- the key table --------------------------------------------------------------------------
-
-
-def _dense(key: str, path: Path, bias: bool = True) -> list[Entry]:
-    entries = [(f"{key}.weight", (*path, "kernel"), "linear")]
-    return entries + ([(f"{key}.bias", (*path, "bias"), "vec")] if bias else [])
-
-
-def _norm(key: str, path: Path) -> list[Entry]:
-    return [(f"{key}.weight", (*path, "scale"), "vec"), (f"{key}.bias", (*path, "bias"), "vec")]
 
 
 def _layer(i: int, prefix: str) -> list[Entry]:
     key, path = f"{prefix}encoder.layer.{i}", ("layers", i)
     entries: list[Entry] = []
     for name in ("query", "key", "value"):
-        entries += _dense(f"{key}.attention.self.{name}", (*path, name))
-    entries += _dense(f"{key}.attention.output.dense", (*path, "attn_out"))
-    entries += _norm(f"{key}.attention.output.LayerNorm", (*path, "attn_norm"))
-    entries += _dense(f"{key}.intermediate.dense", (*path, "fc1"))
-    entries += _dense(f"{key}.output.dense", (*path, "fc2"))
-    return entries + _norm(f"{key}.output.LayerNorm", (*path, "out_norm"))
+        entries += dense_entries(f"{key}.attention.self.{name}", (*path, name))
+    entries += dense_entries(f"{key}.attention.output.dense", (*path, "attn_out"))
+    entries += norm_entries(f"{key}.attention.output.LayerNorm", (*path, "attn_norm"))
+    entries += dense_entries(f"{key}.intermediate.dense", (*path, "fc1"))
+    entries += dense_entries(f"{key}.output.dense", (*path, "fc2"))
+    return entries + norm_entries(f"{key}.output.LayerNorm", (*path, "out_norm"))
 
 
 def key_table(config: BertConfig, prefix: str = "", head: str | None = None) -> list[Entry]:
@@ -80,12 +70,12 @@ def key_table(config: BertConfig, prefix: str = "", head: str | None = None) -> 
     for name in ("word", "position", "token_type"):
         key = f"{prefix}embeddings.{name}_embeddings.weight"
         entries.append((key, (f"{name}_embeddings", "embedding"), "vec"))
-    entries += _norm(f"{prefix}embeddings.LayerNorm", ("embed_norm",))
+    entries += norm_entries(f"{prefix}embeddings.LayerNorm", ("embed_norm",))
     for i in range(config.num_layers):
         entries += _layer(i, prefix)
     if config.proj == "mlp":
-        entries += _dense(f"{head}0", ("proj", "fc1"), bias=False)
-        entries += _dense(f"{head}2", ("proj", "fc2"), bias=False)
+        entries += dense_entries(f"{head}0", ("proj", "fc1"), bias=False)
+        entries += dense_entries(f"{head}2", ("proj", "fc2"), bias=False)
     elif config.proj == "linear":
         entries.append((f"{head}weight", ("proj", "fc1", "kernel"), "linear"))
     return entries
@@ -170,27 +160,6 @@ def infer_config(
 # --- conversion -------------------------------------------------------------------------------
 
 
-def _check_keys(
-    state: Mapping[str, Any], table: list[Entry], prefix: str, head: str | None, source: str
-) -> None:
-    """One error listing the missing and the unexpected keys (within prefix and head)."""
-    wanted = [key for key, _, _ in table]
-    missing = [k for k in wanted if k not in state]
-    owned = [k for k in state if k.startswith(prefix) or (head and k.startswith(head))]
-    known = set(wanted)
-    unexpected = sorted(
-        k for k in owned if k not in known and not k[len(prefix) :].startswith(IGNORED)
-    )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {shorten(missing, 8)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {shorten(unexpected, 8)}")
-    if problems:
-        where = f" (prefix {prefix!r})" if prefix else ""
-        raise CheckpointError(f"{source}: not this BERT{where}: {'; '.join(problems)}")
-
-
 def bert_params_from_hf(
     state: Mapping[str, np.ndarray],
     params: nnx.State,
@@ -210,24 +179,9 @@ def bert_params_from_hf(
         )
     state = _rename_legacy(state)
     table = key_table(config, prefix, head)
-    _check_keys(state, table, prefix, head, source)
-    tree = nnx.to_pure_dict(params)
-    values: dict = {}
-    bad: list[str] = []
-    for key, path, layout in table:
-        want = tuple(np.shape(tree_get(tree, path)))
-        if layout == "linear":
-            want = want[::-1]
-        w = np.asarray(state[key])
-        if w.shape != want:
-            bad.append(f"{key}: {tuple(w.shape)} in the checkpoint, {want} in the model")
-            continue
-        tree_set(values, path, linear_kernel(w) if layout == "linear" else w)
-    if bad:
-        raise CheckpointError(
-            f"{source}: {len(bad)} tensors do not fit {config}: {shorten(bad, 8, '; ')}"
-        )
-    return fill_params(params, values, source)
+    owned = [prefix, head] if head else [prefix]
+    check_table_keys(state, table, owned, IGNORED, "BERT", source)
+    return params_from_table(state, params, table, config, source)
 
 
 def bert_state_dict(model: Bert, prefix: str = "") -> dict[str, np.ndarray]:
@@ -237,22 +191,7 @@ def bert_state_dict(model: Bert, prefix: str = "") -> dict[str, np.ndarray]:
     head = head_prefix(prefix)
     if model.config.proj is not None and head is None:
         raise CheckpointError("bert_state_dict: a projection head needs a '...transformer.' prefix")
-    tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    out = {}
-    for key, path, layout in key_table(model.config, prefix, head):
-        w = np.asarray(tree_get(tree, path), np.float32)
-        out[key] = np.ascontiguousarray(w.T) if layout == "linear" else w
-    return out
-
-
-def _read_hf_config(path: pathlib.Path) -> dict[str, Any] | None:
-    file = path / "config.json"
-    if not path.is_dir() or not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not a readable config.json ({err})") from None
+    return state_from_table(model, key_table(model.config, prefix, head))
 
 
 def load_bert(
@@ -281,7 +220,7 @@ def load_bert(
             state,
             prefix,
             head,
-            hf_config=_read_hf_config(folder),
+            hf_config=read_hf_config(folder),
             num_heads=num_heads,
             source=source,
         )

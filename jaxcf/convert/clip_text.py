@@ -20,7 +20,6 @@ the file.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 from collections.abc import Mapping
@@ -31,13 +30,16 @@ from flax import nnx
 
 from jaxcf.convert.common import (
     CheckpointError,
-    fill_params,
-    linear_kernel,
+    Entry,
+    check_table_keys,
+    dense_entries,
     load_state_dict,
+    norm_entries,
+    params_from_table,
+    read_hf_config,
     resolve_checkpoint,
     shorten,
-    tree_get,
-    tree_set,
+    state_from_table,
 )
 from jaxcf.models.clip_text import CLIPTextConfig, CLIPTextModel
 
@@ -54,31 +56,20 @@ IGNORED = ("embeddings.position_ids",)  # inside the prefix, read by nobody on p
 # CLIP's text towers all use 64-wide heads (ViT-B 512/8, ViT-L 768/12, ViT-H 1024/16).
 HEAD_WIDTH = 64
 
-Path = tuple[Any, ...]  # a path into nnx.to_pure_dict(params)
-Entry = tuple[str, Path, str]  # (checkpoint key, parameter path, "linear" | "vec")
-
 
 # --- the key table --------------------------------------------------------------------------
 
 
-def _dense(key: str, path: Path) -> list[Entry]:
-    return [(f"{key}.weight", (*path, "kernel"), "linear"), (f"{key}.bias", (*path, "bias"), "vec")]
-
-
-def _norm(key: str, path: Path) -> list[Entry]:
-    return [(f"{key}.weight", (*path, "scale"), "vec"), (f"{key}.bias", (*path, "bias"), "vec")]
-
-
 def _layer(i: int, prefix: str) -> list[Entry]:
     key, path = f"{prefix}encoder.layers.{i}", ("layers", i)
-    entries = _norm(f"{key}.layer_norm1", (*path, "norm1"))
+    entries = norm_entries(f"{key}.layer_norm1", (*path, "norm1"))
     for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("out", "out_proj")):
-        entries += _dense(f"{key}.self_attn.{theirs}", (*path, ours))
-    entries += _norm(f"{key}.layer_norm2", (*path, "norm2"))
+        entries += dense_entries(f"{key}.self_attn.{theirs}", (*path, ours))
+    entries += norm_entries(f"{key}.layer_norm2", (*path, "norm2"))
     return (
         entries
-        + _dense(f"{key}.mlp.fc1", (*path, "fc1"))
-        + _dense(f"{key}.mlp.fc2", (*path, "fc2"))
+        + dense_entries(f"{key}.mlp.fc1", (*path, "fc1"))
+        + dense_entries(f"{key}.mlp.fc2", (*path, "fc2"))
     )
 
 
@@ -95,7 +86,7 @@ def key_table(config: CLIPTextConfig, prefix: str = HF_PREFIX) -> list[Entry]:
     ]
     for i in range(config.num_layers):
         entries += _layer(i, prefix)
-    return entries + _norm(f"{prefix}final_layer_norm", ("final_norm",))
+    return entries + norm_entries(f"{prefix}final_layer_norm", ("final_norm",))
 
 
 # --- layout of the checkpoint -----------------------------------------------------------------
@@ -161,26 +152,6 @@ def infer_config(
 # --- conversion -------------------------------------------------------------------------------
 
 
-def check_keys(state: Mapping[str, Any], table: list[Entry], prefix: str, source: str) -> None:
-    """One error listing the missing and the unexpected keys (those behind `prefix`)."""
-    wanted = [key for key, _, _ in table]
-    missing = [k for k in wanted if k not in state]
-    known = set(wanted)
-    unexpected = sorted(
-        k
-        for k in state
-        if k.startswith(prefix) and k not in known and not k[len(prefix) :].startswith(IGNORED)
-    )
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {shorten(missing, 8)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {shorten(unexpected, 8)}")
-    if problems:
-        where = f" (prefix {prefix!r})" if prefix else ""
-        raise CheckpointError(f"{source}: not this CLIP text encoder{where}: {'; '.join(problems)}")
-
-
 def clip_text_params_from_hf(
     state: Mapping[str, np.ndarray],
     params: nnx.State,
@@ -193,45 +164,14 @@ def clip_text_params_from_hf(
     dict {name: torch-layout array}; returns `params`. Raises CheckpointError on missing /
     unexpected keys or tensors whose shape does not fit `config` (reported in torch layout)."""
     table = key_table(config, prefix)
-    check_keys(state, table, prefix, source)
-    tree = nnx.to_pure_dict(params)
-    values: dict = {}
-    bad: list[str] = []
-    for key, path, layout in table:
-        want = tuple(np.shape(tree_get(tree, path)))
-        if layout == "linear":
-            want = want[::-1]
-        w = np.asarray(state[key])
-        if w.shape != want:
-            bad.append(f"{key}: {tuple(w.shape)} in the checkpoint, {want} in the model")
-            continue
-        tree_set(values, path, linear_kernel(w) if layout == "linear" else w)
-    if bad:
-        raise CheckpointError(
-            f"{source}: {len(bad)} tensors do not fit {config}: {shorten(bad, 8, '; ')}"
-        )
-    return fill_params(params, values, source)
+    check_table_keys(state, table, [prefix], IGNORED, "CLIP text encoder", source)
+    return params_from_table(state, params, table, config, source)
 
 
 def clip_text_state_dict(model: CLIPTextModel, prefix: str = HF_PREFIX) -> dict[str, np.ndarray]:
     """The inverse: a state dict of float32 numpy arrays in torch layout behind `prefix`
     (HF_PREFIX for transformers' CLIPTextModel, SD_PREFIX for a single-file checkpoint)."""
-    tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    out = {}
-    for key, path, layout in key_table(model.config, prefix):
-        w = np.asarray(tree_get(tree, path), np.float32)
-        out[key] = np.ascontiguousarray(w.T) if layout == "linear" else w
-    return out
-
-
-def _read_hf_config(folder: pathlib.Path) -> dict[str, Any] | None:
-    file = folder / "config.json"
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{file}: not a readable config.json ({err})") from None
+    return state_from_table(model, key_table(model.config, prefix))
 
 
 def load_clip_text(
@@ -255,7 +195,7 @@ def load_clip_text(
     state = load_state_dict(file)
     prefix = detect_prefix(state, source) if prefix is None else prefix
     if config is None:
-        hf_config = _read_hf_config(file.parent) if folder.is_dir() else None
+        hf_config = read_hf_config(file.parent) if folder.is_dir() else None
         config = infer_config(
             state, prefix, hf_config=hf_config, num_heads=num_heads, source=source
         )
@@ -271,7 +211,6 @@ __all__ = [
     "HF_PREFIX",
     "HF_WEIGHT_FILES",
     "SD_PREFIX",
-    "check_keys",
     "clip_text_params_from_hf",
     "clip_text_state_dict",
     "detect_prefix",

@@ -9,6 +9,7 @@ checks every leaf's shape; unknown or missing keys are listed in the error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -210,3 +211,103 @@ def fill_params(params: nnx.State, values: Mapping, source: str) -> nnx.State:
         )
     nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, filled))
     return params
+
+
+# --- key tables: transformer checkpoints mapped tensor by tensor ---------------------------------
+
+Path = tuple[Any, ...]  # a path into nnx.to_pure_dict(params)
+Entry = tuple[str, Path, str]  # (checkpoint key, parameter path, "linear" | "vec")
+
+
+def dense_entries(key: str, path: Path, bias: bool = True) -> list[Entry]:
+    """A torch Linear `key` -> the jaxcf linear at `path` (kernel, and bias if any)."""
+    entries = [(f"{key}.weight", (*path, "kernel"), "linear")]
+    return entries + ([(f"{key}.bias", (*path, "bias"), "vec")] if bias else [])
+
+
+def norm_entries(key: str, path: Path) -> list[Entry]:
+    """A torch LayerNorm `key` -> the nnx.LayerNorm at `path`."""
+    return [(f"{key}.weight", (*path, "scale"), "vec"), (f"{key}.bias", (*path, "bias"), "vec")]
+
+
+def check_table_keys(
+    state: Mapping[str, Any],
+    table: Sequence[Entry],
+    owned: Sequence[str],
+    ignored: Sequence[str],
+    what: str,
+    source: str,
+) -> None:
+    """One CheckpointError listing the table's keys the checkpoint lacks and the keys behind
+    the `owned` prefixes (the model's; "" owns every key) that the table does not name,
+    minus those that continue the first prefix with an `ignored` name (buffers such as
+    position_ids); `what` names the model in the message."""
+    wanted = [key for key, _, _ in table]
+    missing = [k for k in wanted if k not in state]
+    known = set(wanted)
+    first = owned[0]
+    unexpected = sorted(
+        k
+        for k in state
+        if k.startswith(tuple(owned))
+        and k not in known
+        and not k[len(first) :].startswith(tuple(ignored))
+    )
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {shorten(missing, 8)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {shorten(unexpected, 8)}")
+    if problems:
+        where = f" (prefix {first!r})" if first else ""
+        raise CheckpointError(f"{source}: not this {what}{where}: {'; '.join(problems)}")
+
+
+def params_from_table(
+    state: Mapping[str, np.ndarray],
+    params: nnx.State,
+    table: Sequence[Entry],
+    config: Any,
+    source: str,
+) -> nnx.State:
+    """Fill `params` (concrete or abstract) from a torch-layout state dict by a key table;
+    tensors whose shape does not fit `config` are listed in one CheckpointError (torch
+    layout)."""
+    tree = nnx.to_pure_dict(params)
+    values: dict = {}
+    bad: list[str] = []
+    for key, path, layout in table:
+        want = tuple(np.shape(tree_get(tree, path)))
+        if layout == "linear":
+            want = want[::-1]
+        w = np.asarray(state[key])
+        if w.shape != want:
+            bad.append(f"{key}: {tuple(w.shape)} in the checkpoint, {want} in the model")
+            continue
+        tree_set(values, path, linear_kernel(w) if layout == "linear" else w)
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensors do not fit {config}: {shorten(bad, 8, '; ')}"
+        )
+    return fill_params(params, values, source)
+
+
+def state_from_table(model: nnx.Module, table: Sequence[Entry]) -> dict[str, np.ndarray]:
+    """The inverse: a torch-layout state dict (float32 numpy) of `model` by a key table."""
+    tree = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    out = {}
+    for key, path, layout in table:
+        w = np.asarray(tree_get(tree, path), np.float32)
+        out[key] = np.ascontiguousarray(w.T) if layout == "linear" else w
+    return out
+
+
+def read_hf_config(folder: pathlib.Path) -> dict[str, Any] | None:
+    """A save_pretrained folder's config.json as a dict; None when there is none."""
+    file = folder / "config.json"
+    if not folder.is_dir() or not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not a readable config.json ({err})") from None

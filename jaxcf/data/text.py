@@ -13,7 +13,7 @@ import json
 import pathlib
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -34,6 +34,27 @@ def build_vocab(prompts: Iterable[str], min_count: int = 1) -> list[str]:
     counts = Counter(w for p in prompts for w in words(p))
     ranked = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
     return [*SPECIALS, *ranked]
+
+
+def pad_tokens(toks: Sequence[int], max_len: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (at most max_len) -> (ids int32 (max_len,) padded with pad_id, mask bool
+    (max_len,) True on the tokens)."""
+    ids = np.full(max_len, pad_id, np.int32)
+    ids[: len(toks)] = toks
+    mask = np.zeros(max_len, bool)
+    mask[: len(toks)] = True
+    return ids, mask
+
+
+def encode_all(
+    encode: Callable[[str], tuple[np.ndarray, np.ndarray]], texts: Iterable[str], max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A one-text encoder applied to every text -> (ids (N, max_len), mask (N, max_len))."""
+    pairs = [encode(t) for t in texts]
+    if not pairs:
+        return np.zeros((0, max_len), np.int32), np.zeros((0, max_len), bool)
+    ids, mask = zip(*pairs, strict=True)
+    return np.stack(ids), np.stack(mask)
 
 
 class Tokenizer:
@@ -63,20 +84,11 @@ class Tokenizer:
         """text -> (ids int32 (max_len,), mask bool (max_len,)); mask is True on real tokens."""
         unk = self._index[UNK]
         toks = [self._index.get(w, unk) for w in words(text)][: self.max_len - 2]
-        toks = [self._index[BOS], *toks, self._index[EOS]]
-        ids = np.zeros(self.max_len, np.int32)
-        ids[: len(toks)] = toks
-        mask = np.zeros(self.max_len, bool)
-        mask[: len(toks)] = True
-        return ids, mask
+        return pad_tokens([self._index[BOS], *toks, self._index[EOS]], self.max_len)
 
     def encode_batch(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """texts -> (ids int32 (N, max_len), mask bool (N, max_len))."""
-        pairs = [self.encode(t) for t in texts]
-        if not pairs:
-            return np.zeros((0, self.max_len), np.int32), np.zeros((0, self.max_len), bool)
-        ids, mask = zip(*pairs, strict=True)
-        return np.stack(ids), np.stack(mask)
+        return encode_all(self.encode, texts, self.max_len)
 
     def decode(self, ids: np.ndarray) -> str:
         """ids (L,) -> the words between <bos> and <eos> joined by spaces (<unk> kept)."""

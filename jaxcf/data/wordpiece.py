@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from jaxcf.data.text import encode_all, pad_tokens
 from jaxcf.errors import InputError
 
 CLS, SEP, PAD, UNK = "[CLS]", "[SEP]", "[PAD]", "[UNK]"
@@ -213,19 +214,11 @@ class WordPieceTokenizer:
         the wordpieces and [SEP], False on padding."""
         pieces = self.tokenize(text)[: self.max_len - 2]
         toks = [self.cls_id, *(self.vocab[p] for p in pieces), self.sep_id]
-        ids = np.full(self.max_len, self.pad_id, np.int32)
-        ids[: len(toks)] = toks
-        mask = np.zeros(self.max_len, bool)
-        mask[: len(toks)] = True
-        return ids, mask
+        return pad_tokens(toks, self.max_len, self.pad_id)
 
     def encode_batch(self, texts: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
         """texts -> (ids int32 (N, max_len), mask bool (N, max_len))."""
-        pairs = [self.encode(t) for t in texts]
-        if not pairs:
-            return np.zeros((0, self.max_len), np.int32), np.zeros((0, self.max_len), bool)
-        ids, mask = zip(*pairs, strict=True)
-        return np.stack(ids), np.stack(mask)
+        return encode_all(self.encode, texts, self.max_len)
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from flax import nnx
 
 from jaxcf.errors import InputError
 from jaxcf.models import init
-from jaxcf.models.layers import AttentionEdit, attention, context_key_mask, linear
+from jaxcf.models.layers import AttentionEdit, attention, context_key_mask, linear, torch_layer_norm
 
 ProjType = Literal["mlp", "linear"]
 
@@ -100,12 +100,6 @@ MINILM_L6 = BertConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate
 BIOMEDCLIP_TEXT = BertConfig(proj="mlp", proj_dim=512)
 
 
-def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Two-pass variance, as torch.nn.LayerNorm: BERT's eps (1e-12) gives no slack for
-    # E[x^2] - E[x]^2 cancellation.
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
-
-
 class BertLayer(nnx.Module):
     """One post-LN encoder layer: x = LN(x + Attn(x)); x = LN(x + W2 GELU(W1 x))."""
 
@@ -115,10 +109,10 @@ class BertLayer(nnx.Module):
         self.heads = config.num_heads
         self.query, self.key, self.value = lin(d, d), lin(d, d), lin(d, d)
         self.attn_out = lin(d, d)
-        self.attn_norm = _layer_norm(d, config.layer_norm_eps, rngs)
+        self.attn_norm = torch_layer_norm(d, config.layer_norm_eps, rngs)
         self.fc1 = lin(d, h)  # HF: intermediate.dense
         self.fc2 = lin(h, d)  # HF: output.dense
-        self.out_norm = _layer_norm(d, config.layer_norm_eps, rngs)
+        self.out_norm = torch_layer_norm(d, config.layer_norm_eps, rngs)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array) -> jax.Array:
         """x (B, L, D) float32, key_mask (B, 1, 1, L) bool -> (B, L, D) float32."""
@@ -164,7 +158,7 @@ class Bert(nnx.Module):
         self.word_embeddings = embed(config.vocab_size)
         self.position_embeddings = embed(config.max_position)
         self.token_type_embeddings = embed(config.type_vocab_size)
-        self.embed_norm = _layer_norm(d, config.layer_norm_eps, rngs)
+        self.embed_norm = torch_layer_norm(d, config.layer_norm_eps, rngs)
         self.layers = nnx.List(
             [BertLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)]
         )

@@ -30,7 +30,7 @@ from flax import nnx
 
 from jaxcf.errors import InputError
 from jaxcf.models import init
-from jaxcf.models.layers import AttentionEdit, attention, linear
+from jaxcf.models.layers import AttentionEdit, attention, linear, torch_layer_norm
 
 Activation = Literal["quick_gelu", "gelu"]
 
@@ -104,11 +104,6 @@ def activate(x: jax.Array, name: Activation) -> jax.Array:
     return quick_gelu(x) if name == "quick_gelu" else jax.nn.gelu(x, approximate=False)
 
 
-def _layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Two-pass variance, as torch.nn.LayerNorm.
-    return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
-
-
 class CLIPLayer(nnx.Module):
     """Pre-LN layer: x += Attn(LN1(x)) (causal); x += W2 act(W1 LN2(x))."""
 
@@ -117,9 +112,9 @@ class CLIPLayer(nnx.Module):
         lin = lambda i, o: linear(i, o, dtype=dtype, rngs=rngs)
         self.heads = config.num_heads
         self.activation = config.activation
-        self.norm1 = _layer_norm(d, config.layer_norm_eps, rngs)
+        self.norm1 = torch_layer_norm(d, config.layer_norm_eps, rngs)
         self.q, self.k, self.v, self.out = lin(d, d), lin(d, d), lin(d, d), lin(d, d)
-        self.norm2 = _layer_norm(d, config.layer_norm_eps, rngs)
+        self.norm2 = torch_layer_norm(d, config.layer_norm_eps, rngs)
         self.fc1, self.fc2 = lin(d, h), lin(h, d)
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -170,7 +165,7 @@ class CLIPTextModel(nnx.Module):
         self.layers = nnx.List(
             [CLIPLayer(config, dtype=dtype, rngs=rngs) for _ in range(config.num_layers)]
         )
-        self.final_norm = _layer_norm(d, config.layer_norm_eps, rngs)
+        self.final_norm = torch_layer_norm(d, config.layer_norm_eps, rngs)
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """Token + position (0, 1, ...) embeddings -> (B, L, D) float32."""

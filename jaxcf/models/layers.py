@@ -546,6 +546,13 @@ class CrossAttention(nnx.Module):
 # --- adaLN-Zero transformer block ---------------------------------------------------------------
 
 
+def torch_layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """An affine LayerNorm computed as torch.nn.LayerNorm does (float32, two-pass variance):
+    BERT's eps of 1e-12 leaves no slack for E[x^2] - E[x]^2 cancellation, and converted
+    text towers must match their torch originals."""
+    return nnx.LayerNorm(dim, epsilon=eps, dtype=jnp.float32, use_fast_variance=False, rngs=rngs)
+
+
 def layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
     """LayerNorm over the last axis without affine parameters, computed in float32 (DiT's
     norms, whose scale and shift come from adaLN instead)."""

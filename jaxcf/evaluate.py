@@ -1,12 +1,24 @@
 """python -m jaxcf.evaluate --config=configs/X.py --checkpoint=WORKDIR [--split=test]
-    [--out=DIR] [--config.eval.*=...] [--config.counterfactual.<method>.*=...]
+    [--out=DIR] [--method=segmentation|prompt_swap] [--config.eval.*=...]
+    [--config.counterfactual.<method>.*=...]
 
-Runs the registered counterfactual methods of eval.methods (and the FLAIR thresholding
-baseline) over a split of the model's data and writes metrics.json and metrics.md (a table
-shaped like the papers' Table 1), per_slice / per_case scores (JSON and CSV) and example
-panels to --out (default WORKDIR/eval/<split>). The network and the data are the training
-run's (its config.json: data.root, or the phantom set it generated); --config gives the
-method and eval settings.
+--method=segmentation (default; papers 001 / 000): runs the registered counterfactual
+methods of eval.methods (and the FLAIR thresholding baseline) over a split of the model's
+slices and writes metrics.json and metrics.md (a table shaped like the papers' Table 1),
+per_slice / per_case scores (JSON and CSV) and example panels.
+
+--method=prompt_swap (paper 004, text-conditioned 3-D models): Table 1 (FID on 3-D
+features, diversity MS-SSIM, subject MS-SSIM, PSNR, text alignment) and Table 2 (the
+eval.guidance_scales sweep) from eval.synthetic_subjects synthetic subjects and from the
+split's real subjects inverted under their own prompt, lesion voxels where the data has
+lesion masks, and PNG panels. [--classifier=WORKDIR] a classifier run
+(configs/classifier_ms.py) for text alignment; [--features=FILE] MedicalNet / Med3D
+weights for FID (without them the Frechet distance of untrained Med3D features is
+reported under that name, never as FID; --features=none skips it).
+
+Everything goes to --out (default WORKDIR/eval/<split>, or WORKDIR/eval/prompt_swap_<split>).
+The network and the data are the training run's (its config.json: data.root, or the
+phantom set it generated); --config gives the method and eval settings.
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
@@ -21,6 +33,7 @@ from jaxcf.errors import InputError
 
 PROG = "jaxcf.evaluate"
 SPLITS = ("train", "val", "test")
+METHODS = ("segmentation", "prompt_swap")
 
 
 def _define(values: flags.FlagValues) -> None:
@@ -30,6 +43,21 @@ def _define(values: flags.FlagValues) -> None:
     )
     flags.DEFINE_string(
         "out", None, "Output directory (default WORKDIR/eval/SPLIT).", flag_values=values
+    )
+    flags.DEFINE_string(
+        "method", "segmentation", f"What to evaluate: {' | '.join(METHODS)}.", flag_values=values
+    )
+    flags.DEFINE_string(
+        "classifier",
+        None,
+        "prompt_swap: workdir of a trained classifier (text alignment).",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "features",
+        None,
+        "prompt_swap: Med3D / MedicalNet weights for FID; none = no FID column.",
+        flag_values=values,
     )
 
 
@@ -48,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         split = values.split or config.eval.split
         if split not in SPLITS:
             raise InputError(f"--split must be one of {SPLITS}, got {split!r}")
+        if values.method not in METHODS:
+            raise InputError(f"--method must be one of {METHODS}, got {values.method!r}")
+        if values.method == "prompt_swap":
+            return _prompt_swap(config, values, split)
         segmentation.eval_methods(config)  # unknown names fail before any work
         if config.eval.slices not in segmentation.SLICES:
             raise InputError(
@@ -63,11 +95,28 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     print(summary["table"])
+    if values.method == "prompt_swap":
+        print(f"wrote {summary['out']}/metrics.json, metrics.md and PNG panels")
+        return 0
     print(
         f"wrote {summary['out']}/metrics.json, metrics.md, per_case.csv, per_slice.csv "
         "(and .json) and example panels"
     )
     return 0
+
+
+def _prompt_swap(config, values, split: str) -> dict:
+    """evaluate --method=prompt_swap (jaxcf.experiments.prompt_swap_eval)."""
+    from jaxcf.counterfactual.cases import output_dir
+    from jaxcf.experiments import prompt_swap_eval
+    from jaxcf.inference import load_trained, saved_config, workdir_of
+
+    workdir = workdir_of(values.checkpoint)
+    saved_config(workdir)
+    scorers = prompt_swap_eval.load_scorers(values.classifier, values.features)
+    out = output_dir(values.out or workdir / "eval" / f"prompt_swap_{split}", "--out")
+    trained = load_trained(workdir, config)
+    return {**prompt_swap_eval.evaluate(trained, workdir, split, out, scorers=scorers), "out": out}
 
 
 if __name__ == "__main__":

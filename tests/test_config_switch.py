@@ -84,6 +84,8 @@ def test_toy_model_shape_follows_the_toy_data(name):
         assert (size, channels) == (data.image_size, data.channels)
     elif space == "wavelet":
         assert (size, channels) == (data.volume_size // 2, 8 * data.channels)
+    elif toy.model.get("spatial_dims") == 3:  # 3-D latents of the mri3d VAE: 1/4 of the side
+        assert (size, channels) == (data.volume_size // 4, 4)
     else:  # latent, joint VAE (mri4): 1/8 of the side, 4 latent channels
         assert (size, channels) == (data.image_size // 8, 4)
 

@@ -5,6 +5,8 @@ prompts) and for a real subject (inverted under its own prompt); bad prompts are
 
 from __future__ import annotations
 
+import json
+
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -228,3 +230,33 @@ def test_prompt_swap_cli_on_a_toy_text_wdm(tmp_path, capsys):
         assert cli.main([*base, f"--out={tmp_path / 'bad'}", *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
+
+    # python -m jaxcf.evaluate --method=prompt_swap on the same model: Tables 1 and 2.
+    from jaxcf import evaluate
+
+    evaluated = tmp_path / "evaluated"
+    argv = [
+        "evaluate",
+        f"--config={repo / 'configs' / 'wdm_ms.py'}:toy",
+        f"--checkpoint={workdir}",
+        "--method=prompt_swap",
+        f"--out={evaluated}",
+        "--split=train",  # the toy's 4 cases: the train split holds every category
+        "--config.counterfactual.prompt_swap.num_steps=3",
+        "--config.counterfactual.prompt_swap.strength=0.5",
+        "--config.eval.synthetic_subjects=2",
+        "--config.eval.guidance_scales=(1.0,2.0)",
+    ]
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "## Table 1: prompt swap, train split" in printed and "## Table 2" in printed
+    summary = json.loads((evaluated / "metrics.json").read_text())
+    assert [row["guidance_scale"] for row in summary["table2"]] == [1.0, 2.0]
+    assert summary["table1"]["alignment"] is None  # no --classifier
+    # No --features: untrained Med3D features, a Frechet distance never called FID.
+    assert summary["table1"]["fid"]["label"].startswith("FD (untrained")
+    assert 0 < summary["table1"]["subject_ms_ssim"] <= 1 and summary["real"]
+    assert summary["lesion_meter"]["dice"] > 0
+    assert (evaluated / "synthetic_panel.png").is_file()
+    assert evaluate.main([*argv[:-4], "--method=nope"]) == 2
+    assert "--method must be one of" in capsys.readouterr().err

@@ -3,9 +3,21 @@
 ``postprocess`` turns a factual image and its healthy counterfactual into a mask (paper 000)
 or a heatmap (paper 001); ``metrics`` scores masks per case and heatmaps over a test set;
 ``image_metrics`` compares images (PSNR, SSIM, MS-SSIM: subject preservation and sample
-diversity, paper 004).
+diversity, paper 004); ``fid`` the Fréchet distance of Med3D features of real vs generated
+volumes (FID, paper 004; labelled "FD (untrained ...)" when the extractor has random weights).
 """
 
+from jaxcf.evaluation.fid import (
+    FeatureExtractor,
+    FIDResult,
+    feature_statistics,
+    fid_3d,
+    fid_from_features,
+    frechet_distance,
+    med3d_extractor,
+    metric_label,
+    table_column,
+)
 from jaxcf.evaluation.image_metrics import (
     diversity_ms_ssim,
     ms_ssim,
@@ -39,19 +51,27 @@ from jaxcf.evaluation.postprocess import (
 )
 
 __all__ = [
+    "FIDResult",
+    "FeatureExtractor",
     "StreamingAUPRC",
     "case_metrics",
     "dice",
     "difference_map",
     "diversity_ms_ssim",
+    "feature_statistics",
+    "fid_3d",
+    "fid_from_features",
     "fill_holes",
     "flair_scores",
     "foreground_mask",
+    "frechet_distance",
     "heatmap",
     "iou",
     "largest_component",
     "markdown_table",
     "match_histograms",
+    "med3d_extractor",
+    "metric_label",
     "ms_ssim",
     "ms_ssim_settings",
     "otsu_mask",
@@ -62,6 +82,7 @@ __all__ = [
     "ssim",
     "subject_preservation",
     "summarize",
+    "table_column",
     "threshold_baseline",
     "vote",
 ]

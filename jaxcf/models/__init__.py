@@ -1,4 +1,5 @@
-"""jaxcf.models: pure-functional Flax NNX denoisers (UNet 2D/3D, DiT, WDM) and the VAE.
+"""jaxcf.models: pure-functional Flax NNX denoisers (UNet 2D/3D, DiT, WDM), the VAE and the
+DenseNet classifier.
 
 apply_fn, params = jaxcf.models.build(model_config, key)
 """

@@ -1,12 +1,13 @@
-"""Build any denoiser (or the VAE) from a config, functionally.
+"""Build any denoiser (or the VAE, or a classifier) from a config, functionally.
 
     apply_fn, params = jaxcf.models.build(model_config, key)
     model_fn = functools.partial(apply_fn, params)      # a sampler's model_fn(x_t, t, cond)
 
 `model_config` (an ml_collections.ConfigDict or a dict) has `family` ("unet", "wdm",
-"dit", "vae"), an optional `preset` name from that family's PRESETS, `dtype` (compute
-dtype: "float32" or "bfloat16"; parameters stay float32), `remat`, and any constructor
-argument, which overrides the preset (a field set to None keeps the preset's value).
+"dit", "vae", or "densenet": a classifier, apply_fn(params, x) -> logits), an optional
+`preset` name from that family's PRESETS, `dtype` (compute dtype: "float32" or
+"bfloat16"; parameters stay float32), `remat`, and any constructor argument, which
+overrides the preset (a field set to None keeps the preset's value).
 The module is split once with nnx.split; apply_fn merges it inside whatever jit it runs
 under, so it is a pure function of (params, inputs).
 """
@@ -32,6 +33,7 @@ FAMILIES = {
     "wdm": ("jaxcf.models.wdm", "UNet"),
     "dit": ("jaxcf.models.dit", "DiT"),
     "vae": ("jaxcf.models.vae", "AutoencoderKL"),
+    "densenet": ("jaxcf.models.densenet", "DenseNet"),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NOT_KWARGS = ("family", "preset")
@@ -175,9 +177,22 @@ class VAEApply(_ModelApply):
         return nnx.merge(self.graphdef, params).decode(z)
 
 
+class ClassifierApply(_ModelApply):
+    """Functional classifier: __call__(params, x, *, dropout_key=None) -> (B, classes)
+    float32 logits; dropout_key turns dropout on (training)."""
+
+    def __call__(self, params, x, *, dropout_key=None):
+        rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
+        return nnx.merge(self.graphdef, params)(x, rngs=rngs)
+
+
+# The apply function of each family that is not a denoiser.
+_APPLY = {"vae": VAEApply, "densenet": ClassifierApply}
+
+
 def _apply_for(model_config: Any, graphdef: nnx.GraphDef):
     family, _ = model_kwargs(model_config)
-    return VAEApply(graphdef) if family == "vae" else DenoiserApply(graphdef)
+    return _APPLY.get(family, DenoiserApply)(graphdef)
 
 
 def build(model_config: Any, key: jax.Array):

@@ -152,6 +152,14 @@ class UNet(nnx.Module):
 
         ch = int(channel_mult[0] * mc)
         self.conv_in = L.conv(spatial_dims, in_channels, ch, dtype=dtype, rngs=rngs)
+        sizes = [image_size // 2**level for level in range(len(channel_mult))]
+        if cross_attention_resolutions and not set(cross_attention_resolutions) & set(sizes):
+            # Otherwise no layer would read the text and the prompt would be silently ignored.
+            raise InputError(
+                f"cross_attention_resolutions {tuple(cross_attention_resolutions)} match no "
+                f"feature map of this UNet (sizes {tuple(sizes)}, image_size {image_size}): "
+                "the condition would be ignored"
+            )
         skips, down, resolution = [ch], [], image_size
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):

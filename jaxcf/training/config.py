@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.train = ml_collections.ConfigDict(
         {
-            "task": "diffusion",  # diffusion | vae
+            "task": "diffusion",  # diffusion | vae | classifier
             "num_steps": 1000,
             "log_every": 50,
             "checkpoint_every": 1000,
@@ -149,6 +149,11 @@ def base_config() -> ml_collections.ConfigDict:
             # region=heatmap_box is its non-oracle prompt). Thresholding always runs.
             "methods": "diffscm,promptable,promptable:region=heatmap_box",
             "num_bins": 10_000,  # streaming AUPRC / ideal-Dice histogram bins
+            # evaluate --method=prompt_swap (paper 004 Sec. 3.2): synthetic subjects drawn
+            # under the first category's prompt and swapped to every other one (the paper:
+            # 333 per prompt), and Table 2's guidance-scale sweep (w = 1: the conditional model)
+            "synthetic_subjects": 32,
+            "guidance_scales": (1.0, 2.0, 3.0),
         }
     )
     return c
@@ -291,4 +296,220 @@ def language_wdm_config(dataset: str) -> ml_collections.ConfigDict:
         num_steps=1_000_000, checkpoint_every=10_000, sample_every=10_000, preview_count=1
     )
     c.sampler.update(num_steps=25, guidance_scale=1.0)
+    return c
+
+
+# -- paper 004's latent baselines: MAISI RFlow and MAISI Linear --------------------------------
+
+# MAISI's resolution-dependent time shift is relative to a 32^3 latent (MONAI RFlowScheduler's
+# base_img_size_numel = 32 * 32 * 32; REFERENCES.md "MAISI rectified flow").
+MAISI_BASE_LATENT = 32
+# The latent schedules of paper 004's MAISI baselines (Mohamed et al. 2025, Sec. 2.2).
+MAISI_SCHEDULES = ("rflow", "linear")
+
+
+def latent_volume_shape(c: ml_collections.ConfigDict) -> dict:
+    """A 3-D latent UNet sees the frozen 3-D VAE's latents of the volumes: image_size =
+    data.volume_size / the VAE's downsampling (4 for mri3d), in_channels =
+    latent_channels(data.channels, vae.preset, vae.mode); all follow their fields."""
+    preset = c.vae.get_ref("preset")
+    return {
+        "image_size": derived(_latent_size, c.data.get_ref("volume_size"), preset),
+        "in_channels": derived(
+            latent_channels, c.data.get_ref("channels"), preset, c.vae.get_ref("mode")
+        ),
+    }
+
+
+def maisi_shift(volume_size: int, preset: str, base_latent: int) -> float:
+    """MAISI's rectified-flow time shift for cubes of side volume_size through the VAE
+    `preset`: (latent numel / base_latent^3) ** (1/3) (MONAI timestep_transform, scale 1)."""
+    from jaxcf.diffusion.schedules import resolution_shift
+
+    side = _latent_size(volume_size, preset)
+    return resolution_shift((side,) * 3, (base_latent,) * 3)
+
+
+def maisi_vae_config(dataset: str) -> ml_collections.ConfigDict:
+    """The frozen 3-D autoencoder of the MAISI baselines (paper 004 builds on MAISI, Guo et
+    al. 2025): configs/vae3d_ms.py. An AutoencoderKL on whole one-channel volumes (data task
+    "volumes", 128^3 in [-1, 1] as the WDM configs), preset mri3d: 4 latent channels at 1/4
+    resolution per axis, 2 ResBlocks per level, no attention (MAISI's VAE layout; its
+    widths are 64, 128, 256, mri3d's are half). L1 + 1e-7 KL, AdamW 1e-4, batch 1 (MAISI's
+    VAE training config; its perceptual 0.3 and adversarial 0.1 terms are not in jaxcf).
+    The latent configs rebuild the VAE from vae.preset alone, so keep the preset as is."""
+    c = base_config()
+    c.train.task = "vae"
+    c.data.update(
+        dataset=dataset,
+        task="volumes",
+        volume_size=128,
+        batch_size=1,
+        prompt_max_len=16,
+        value_range=(-1.0, 1.0),
+    )
+    # Reconstructs the volume's channels: in and out channels = data.channels.
+    c.model.update(
+        family="vae",
+        preset="mri3d",
+        in_channels=follow(c.data, "channels"),
+        out_channels=follow(c.data, "channels"),
+    )
+    c.vae_loss.kl_weight = 1e-7
+    c.optim.update(lr=1e-4, weight_decay=0.0, ema_decay=0.999)
+    c.train.update(num_steps=100_000, checkpoint_every=5_000, sample_every=5_000, preview_count=1)
+    return c
+
+
+def maisi_latent_config(dataset: str, schedule: str) -> ml_collections.ConfigDict:
+    """Paper 004's latent baselines (Mohamed et al. 2025, Sec. 2.2, Table 1) on MS lesion load
+    or ADNI diagnosis: a text-conditioned 3-D UNet in the latent space of a frozen MAISI-style
+    VAE (configs/vae3d_ms.py, vae.checkpoint = its workdir). configs/rflow_ms.py,
+    rflow_adni.py and linear_ms.py.
+
+    Data as the WDM configs (128^3 volumes in [-1, 1], class-balanced, batch 1, null prompt
+    20% of the time), so 32^3 x 4 latents. The UNet is MAISI's diffusion UNet: widths 64,
+    128, 256, 512, 2 ResBlocks per level, self-attention at the two lowest levels (8^3, 4^3)
+    with 32-channel heads, ResBlock up/downsampling, additive time embedding; plus
+    cross-attention to the prompt tokens at every level (paper 004 Sec. 2.2 (iii)).
+    AdamW 1e-4 (MAISI's diffusion training).
+
+    schedule "rflow" (MAISI RFlow; MONAI RFlowScheduler as MAISI configures it): rectified
+    flow x_t = (1 - t) x0 + t eps with continuous t, 1000 training timesteps, velocity
+    target, t drawn uniform (diffusion.t_distribution = logit_normal is the other MONAI
+    option), shifted by MAISI's resolution-dependent transform (diffusion.shift follows
+    data.volume_size: (latent numel / 32^3)^(1/3), 1 for 32^3 latents); Euler sampling with
+    30 steps. schedule "linear" (MAISI Linear): 1000-step DDPM, eps-prediction, linear betas
+    1e-4 -> 0.02 (MONAI DDPMScheduler's defaults; MAISI's released DDPM config uses scaled-linear
+    betas 0.0015 -> 0.0195, which diffusion.schedule cannot express yet); deterministic DDIM
+    over all 1000 steps (the paper samples its latent models with 1000 DDPM steps)."""
+    if schedule not in MAISI_SCHEDULES:
+        raise InputError(f"MAISI schedule must be one of {MAISI_SCHEDULES}, got {schedule!r}")
+    c = base_config()
+    c.data.update(
+        dataset=dataset,
+        task="volumes",
+        volume_size=128,
+        batch_size=1,
+        balanced=True,
+        prompt_max_len=16,
+        value_range=(-1.0, 1.0),
+    )
+    c.text.update(encoder="trainable", dim=256, depth=2, heads=4)
+    c.vae.update(preset="mri3d", checkpoint="", mode="joint")
+    c.model.update(
+        family="unet",
+        preset="",
+        spatial_dims=3,
+        model_channels=64,
+        channel_mult=(1, 2, 4, 8),
+        num_res_blocks=2,
+        attention_resolutions=(8, 4),
+        head_channels=32,
+        context_dim=follow(c.text, "dim"),
+        cross_attention_resolutions=(32, 16, 8, 4),
+        mid_attention=True,
+        scale_shift_norm=False,
+        resblock_updown=True,
+        dropout=0.0,
+        groups=32,
+        **latent_volume_shape(c),
+    )
+    c.diffusion.update(space="latent", condition="prompt", cond_drop_prob=0.2, num_timesteps=1000)
+    if schedule == "rflow":
+        # MONAI's timestep_transform is applied to training draws and to the sampling grid
+        # alike; jaxcf's schedule.shift does both (tests/test_rflow_maisi.py).
+        c.diffusion.base_latent_size = MAISI_BASE_LATENT
+        c.diffusion.update(
+            schedule="rectified_flow",
+            prediction="flow",
+            t_distribution="uniform",
+            shift=derived(
+                maisi_shift,
+                c.data.get_ref("volume_size"),
+                c.vae.get_ref("preset"),
+                c.diffusion.get_ref("base_latent_size"),
+                field_type=float,
+            ),
+        )
+        steps = 30  # MAISI's rectified-flow inference (REFERENCES.md: 30 Euler steps)
+    else:
+        c.diffusion.update(schedule="linear", prediction="eps", variance="fixed_small")
+        steps = 1000  # paper 004 Sec. 3.1: 1000 denoising steps for the latent models
+    c.optim.update(lr=1e-4, weight_decay=0.0, grad_clip=1.0)
+    c.train.update(
+        num_steps=1_000_000, checkpoint_every=10_000, sample_every=10_000, preview_count=1
+    )
+    c.sampler.update(num_steps=steps, guidance_scale=1.0)
+    c.counterfactual.prompt_swap.num_steps = steps
+    if dataset == "adni":
+        c.counterfactual.prompt_swap.update(
+            source_prompt="Subject is cognitively normal",
+            target_prompt="Subject has Alzheimer's disease",
+        )
+    return c
+
+
+def maisi_latent_toy(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The CPU-test size of maisi_latent_config: apply_toy (16^3 volumes -> 4^3 x 4 latents
+    of the mri3d VAE) and a tiny 3-D text UNet (16 channels, levels 4^3 and 2^3, cross-
+    attention at both, self-attention at 2^3); like configs/pcf_dit_brats.py:toy it accepts
+    an empty vae.checkpoint (an untrained VAE: smoke runs); give the toy VAE's workdir with
+    --config.vae.checkpoint=WORKDIR (configs/vae3d_ms.py:toy) for latents that mean something."""
+    apply_toy(
+        c,
+        model_channels=16,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(2,),
+        head_channels=8,
+        cross_attention_resolutions=(4, 2),
+        groups=8,
+    )
+    c.vae.allow_untrained = True
+    return c
+
+
+def num_labels(dataset: str) -> int:
+    """The classes of a dataset's labels (MS lesion load and ADNI diagnosis: 3, BraTS
+    tumour / healthy and CXR opacity: 2); a classifier's num_classes derives from it."""
+    from jaxcf.training.previews import LABEL_NAMES
+
+    if dataset not in LABEL_NAMES:
+        raise InputError(f"data.dataset must be one of {', '.join(LABEL_NAMES)}, got {dataset!r}")
+    return len(LABEL_NAMES[dataset])
+
+
+def classifier_config(dataset: str) -> ml_collections.ConfigDict:
+    """Paper 004's text-alignment judge: a 3-D DenseNet-121 classifying the MS lesion-load
+    category (minimal / moderate / high) or the ADNI diagnosis (CN / MCI / AD) of a volume
+    (configs/classifier_ms.py, configs/classifier_adni.py; train.task = "classifier").
+
+    Its data are the language-guided WDM's (language_wdm_config): the same 128^3 volumes in
+    [-1, 1], prepared with the same parameters, so the judge sees real volumes exactly as
+    the generator does and its shards can be shared (--config.data.prepared=...). The
+    paper gives no training recipe for the classifier; jaxcf's: cross-entropy,
+    class-balanced batches of 4 (GroupNorm: jaxcf.models.densenet), AdamW 1e-4, weight
+    decay 1e-5, EMA 0.999, 20k steps. The paper reports 96.5% (MS, low vs high) and 83.3%
+    (ADNI, CN vs AD) on held-out real scans; jaxcf's judge has all three classes."""
+    c = base_config()
+    c.train.task = "classifier"
+    c.data.update(
+        dataset=dataset,
+        task="volumes",
+        volume_size=128,
+        batch_size=4,
+        balanced=True,
+        prompt_max_len=16,
+        value_range=(-1.0, 1.0),
+    )
+    c.model.update(
+        family="densenet",
+        preset="densenet121_3d",
+        image_size=follow(c.data, "volume_size"),
+        in_channels=follow(c.data, "channels"),
+        num_classes=derived(num_labels, c.data.get_ref("dataset")),
+    )
+    c.optim.update(lr=1e-4, weight_decay=1e-5, grad_clip=1.0, ema_decay=0.999)
+    c.train.update(num_steps=20_000, log_every=50, checkpoint_every=2_000, sample_every=0)
     return c

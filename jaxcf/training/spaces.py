@@ -214,18 +214,19 @@ def build_vae(vae: Any, key: jax.Array, restoring: bool = False):
 
 def load_vae_params(path: str, params: nnx.State) -> nnx.State:
     """A diffusers AutoencoderKL file / folder, or a jaxcf workdir trained with a vae config."""
-    from jaxcf.checkpoint import Checkpoints
+    from jaxcf.checkpoint import Checkpoints, abstract_like
     from jaxcf.convert.diffusers_vae import load_vae_checkpoint
 
     folder = pathlib.Path(path)
     if (folder / "checkpoints").is_dir():
         ckpt = Checkpoints(folder)
-        step = ckpt.latest_step
-        if step is None:
-            raise InputError(f"vae.checkpoint: {folder} has no checkpoint yet")
-        item = ckpt.manager.restore(step)  # raw pytree restore: EMA parameters of the VAE
-        ema = item["state"]["ema"]["model"]
-        nnx.replace_by_pure_dict(params, jax.tree.map(jnp.asarray, ema))
-        ckpt.close()
-        return params
+        try:
+            if ckpt.latest_step is None:
+                raise InputError(f"vae.checkpoint: {folder} has no checkpoint yet")
+            # The VAE run's EMA weights, restored into this VAE's own state structure (a raw
+            # restore gives nnx's {"value": ...} leaves, which replace_by_pure_dict refuses).
+            restored = ckpt.restore_subtrees({"ema": {"model": abstract_like(params)}})
+        finally:
+            ckpt.close()
+        return jax.tree.map(jnp.asarray, restored["ema"]["model"])
     return load_vae_checkpoint(path, params)

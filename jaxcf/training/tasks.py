@@ -31,6 +31,9 @@ the task's key, i.e. from train.seed, so every rebuild gives the same weights.
 
 Samplers run the prompt encoder once, not at every step: prepare_cond(params, frozen,
 cond) encodes a condition, and model_fn passes an encoded condition straight through.
+
+Besides diffusion: VAETask trains a latent model's autoencoder, ClassifierTask a classifier
+of batch["label"] (paper 004's text-alignment judge, jaxcf.evaluation.alignment).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxcf import diffusion as D
 from jaxcf import models
@@ -50,6 +54,8 @@ from jaxcf.training.spaces import build_space, check_vae, load_vae_params
 
 __all__ = [
     "BOS_ID",
+    "TASKS",
+    "ClassifierTask",
     "DiffusionTask",
     "VAETask",
     "check_vae",
@@ -241,6 +247,45 @@ class VAETask:
         return recon
 
 
+class ClassifierTask:
+    """Trains a classifier (config.model, e.g. the DenseNet family) of batch["label"] from
+    batch["image"] with cross-entropy; paper 004 judges text alignment with such a 3-D
+    DenseNet-121 trained on the real volumes' prompt categories (Sec. 4).
+
+    metrics: loss, accuracy (on the training batch). preview(...) returns the first `num`
+    input images, as the classifier sees them: there is nothing to sample."""
+
+    def __init__(self, config: Any, key: jax.Array):
+        self.config = config
+        self.apply, params = models.build(config.model, key)
+        self.params, self.frozen = {"model": params}, {}
+        _, model_kwargs = models.model_kwargs(config.model)
+        self.num_classes = int(model_kwargs.get("num_classes", 0) or 0)
+        if self.num_classes < 2:
+            raise InputError(
+                f"model.num_classes must be >= 2 for a classifier, got {self.num_classes}"
+            )
+
+    def logits(self, params: dict, images: jax.Array, dropout_key: jax.Array | None = None):
+        """(B, ..., C) images -> (B, num_classes) float32 logits."""
+        return self.apply(params["model"], images, dropout_key=dropout_key)
+
+    def loss(self, params: dict, frozen: dict, batch: dict, key: jax.Array):
+        if "label" not in batch:
+            raise InputError(
+                f"train.task='classifier' needs labels: the batch has no 'label' field "
+                f"(it has {sorted(batch)})"
+            )
+        logits = self.logits(params, batch["image"], dropout_key=key)
+        labels = batch["label"].astype(jnp.int32)
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+        return loss, {"loss": loss, "accuracy": accuracy}
+
+    def preview(self, params: dict, frozen: dict, batch: dict, key: jax.Array, num: int):
+        return batch["image"][:num]
+
+
 def _diffusion(config: Any, key: jax.Array, restoring: bool):
     return DiffusionTask(config, key, restoring=restoring)
 
@@ -249,7 +294,11 @@ def _vae(config: Any, key: jax.Array, restoring: bool):
     return VAETask(config, key)
 
 
-TASKS = {"diffusion": _diffusion, "vae": _vae}
+def _classifier(config: Any, key: jax.Array, restoring: bool):
+    return ClassifierTask(config, key)
+
+
+TASKS = {"diffusion": _diffusion, "vae": _vae, "classifier": _classifier}
 
 
 def make_task(config: Any, key: jax.Array, *, restoring: bool = False):
@@ -257,5 +306,5 @@ def make_task(config: Any, key: jax.Array, *, restoring: bool = False):
     restored from a checkpoint (inference); see DiffusionTask."""
     kind = config.train.task
     if kind not in TASKS:
-        raise InputError(f"train.task must be 'diffusion' or 'vae', got {kind!r}")
+        raise InputError(f"train.task must be one of {', '.join(TASKS)}, got {kind!r}")
     return TASKS[kind](config, key, restoring)

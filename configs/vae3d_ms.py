@@ -1,0 +1,23 @@
+"""The frozen 3-D autoencoder of paper 004's MAISI baselines (configs/rflow_ms.py,
+configs/linear_ms.py) on MS FLAIR; the recipe is documented in
+jaxcf.training.config.maisi_vae_config: AutoencoderKL preset mri3d on 128^3 volumes, 4 latent
+channels at 1/4 resolution per axis (MAISI's VAE: 4 latent channels, 4x downsampling),
+L1 + 1e-7 KL, AdamW 1e-4, batch 1. For ADNI: --config.data.dataset=adni.
+
+    python -m jaxcf.train --config=configs/vae3d_ms.py --workdir=runs/vae3d_ms
+    python -m jaxcf.train --config=configs/rflow_ms.py --workdir=runs/rflow_ms \\
+        --config.vae.checkpoint=runs/vae3d_ms
+
+The toy variant: 16^3 volumes of 4 procedural MS phantoms, batch 2, 10 steps (seconds on a
+CPU); its workdir is the vae.checkpoint of configs/rflow_ms.py:toy."""
+
+import ml_collections
+
+from jaxcf.training.config import apply_toy, is_toy, maisi_vae_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """arg: None (the recipe) | "toy" (its CPU-test size: 16^3 volumes)."""
+    toy = is_toy(arg)
+    c = maisi_vae_config("ms")
+    return apply_toy(c) if toy else c

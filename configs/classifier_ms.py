@@ -14,7 +14,7 @@ Variants (--config=configs/classifier_ms.py:VARIANT):
 
 import ml_collections
 
-from jaxcf.training.config import apply_toy, classifier_config, is_toy
+from jaxcf.training.config import apply_toy, classifier_config, is_toy, phantom32_data
 
 PHANTOM32 = "phantom32"
 
@@ -29,8 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr = 1e-3
     if proof:
         # configs/wdm_ms.py:phantom32's data, field for field (tests/test_classifier.py).
-        c.data.update(volume_size=32, batch_size=4)
-        c.data.phantom.update(size=32, cases=48)
+        phantom32_data(c)
         c.data.augment = True  # flips: the training stream only, not the prepared volumes
         c.model.preset = "densenet_small3d"
         c.optim.update(lr=1e-3, ema_decay=0.99)

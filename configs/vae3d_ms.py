@@ -8,16 +8,33 @@ L1 + 1e-7 KL, AdamW 1e-4, batch 1. For ADNI: --config.data.dataset=adni.
     python -m jaxcf.train --config=configs/rflow_ms.py --workdir=runs/rflow_ms \\
         --config.vae.checkpoint=runs/vae3d_ms
 
-The toy variant: 16^3 volumes of 4 procedural MS phantoms, batch 2, 10 steps (seconds on a
-CPU); its workdir is the vae.checkpoint of configs/rflow_ms.py:toy."""
+Variants:
+  toy        16^3 volumes of 4 procedural MS phantoms, batch 2, 10 steps (seconds on a CPU);
+             its workdir is the vae.checkpoint of configs/rflow_ms.py:toy.
+  phantom32  the README's phantom proof on 2 CPU cores: the 48 32^3 MS phantoms of
+             configs/wdm_ms.py:phantom32 -> 8^3 x 4 latents of the mri3d_small VAE,
+             batch 4, AdamW 1e-3, EMA 0.995, 1000 steps; the vae.checkpoint of
+             configs/rflow_ms.py:phantom32.
+"""
 
 import ml_collections
 
-from jaxcf.training.config import apply_toy, is_toy, maisi_vae_config
+from jaxcf.training.config import apply_toy, is_toy, maisi_vae_config, phantom32_data
+
+PHANTOM32 = "phantom32"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """arg: None (the recipe) | "toy" (its CPU-test size: 16^3 volumes)."""
-    toy = is_toy(arg)
+    """arg: None (the recipe) | "toy" (its CPU-test size: 16^3 volumes) | "phantom32"."""
+    proof = arg == PHANTOM32
+    toy = proof or is_toy(arg)
     c = maisi_vae_config("ms")
-    return apply_toy(c) if toy else c
+    if not toy:
+        return c
+    apply_toy(c)
+    if proof:
+        phantom32_data(c)
+        c.model.preset = "mri3d_small"
+        c.optim.update(lr=1e-3, ema_decay=0.995)
+        c.train.update(num_steps=1000, log_every=100, checkpoint_every=250)
+    return c

@@ -11,7 +11,7 @@ Variants (--config=configs/wdm_ms.py:VARIANT):
 
 import ml_collections
 
-from jaxcf.training.config import apply_toy, is_toy, language_wdm_config
+from jaxcf.training.config import apply_toy, is_toy, language_wdm_config, phantom32_data
 
 PHANTOM32 = "phantom32"
 
@@ -24,8 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         return c
     apply_toy(c, preset="wdm_tiny_text")
     if proof:
-        c.data.update(volume_size=32, batch_size=4)
-        c.data.phantom.update(size=32, cases=48)
+        phantom32_data(c)
         # 32^3 volumes -> a 16^3 wavelet grid: feature maps 16 and 8, text read at both.
         c.model.cross_attention_resolutions = (16, 8)
         c.optim.update(lr=1e-3, ema_decay=0.995)

@@ -161,6 +161,19 @@ def test_phantom32_judge_and_generator_share_their_data():
     assert judge == wdm
 
 
+def test_phantom32_variants_render_the_same_phantoms():
+    """Paper 004's phantom proof: generator, judge, VAE and latent model on one data set,
+    and the latent model on the VAE variant's preset (8^3 latents of 32^3 volumes)."""
+    reference = _data(load_config("wdm_ms", "phantom32"))
+    for name in ("classifier_ms", "vae3d_ms", "rflow_ms"):
+        data = _data(load_config(name, "phantom32"))
+        for field in ("phantom", "volume_size", "batch_size", "dataset", "value_range"):
+            assert data[field] == reference[field], (name, field)
+    vae, latent = load_config("vae3d_ms", "phantom32"), load_config("rflow_ms", "phantom32")
+    assert vae.model.preset == latent.vae.preset == "mri3d_small"
+    assert latent.copy_and_resolve_references().model.image_size == 8
+
+
 def test_classifier_shape_and_classes_follow_the_data():
     config = load_config("classifier_ms")
     config.data.update(dataset="brats2021", volume_size=64)

@@ -208,6 +208,18 @@ def test_untrained_vae_allowed_with_one_loud_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("WARNING: vae.checkpoint is empty") and len(err.splitlines()) == 1
 
+    # vae.scaling_factor: 0 keeps the preset's (SD's 0.18215), a measured scale replaces it.
+    from flax import nnx
+
+    from jaxcf.errors import InputError
+
+    vae.scaling_factor = 0.5
+    graphdef, params, _ = build_vae(vae, jax.random.key(0))
+    assert nnx.merge(graphdef, params).scaling_factor == 0.5
+    vae.scaling_factor = -1.0
+    with pytest.raises(InputError, match=r"vae\.scaling_factor must be > 0"):
+        build_vae(vae, jax.random.key(0))
+
 
 def test_a_bug_is_not_bad_input(monkeypatch, tmp_path):
     """Only InputError (and missing files) map to exit code 2; any other ValueError is a

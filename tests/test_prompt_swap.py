@@ -117,6 +117,16 @@ def test_real_subject_is_inverted_under_its_prompt_and_decoded_under_the_target(
     assert np.abs(out["reconstruction"] - subject).max() < 0.1
     heat = out["heatmap"][0]
     assert heat[LESIONS].min() > 0.5 and heat[~LESIONS].max() < 0.1
+    # The default residual edit: the subject plus what the prompt changed from the same
+    # x_T; edit="decoded" is the target decode itself (the same sampler output).
+    np.testing.assert_allclose(
+        out["counterfactual"],
+        out["factual"] + out["decoded"] - out["reconstruction"],
+        atol=1e-6,
+    )
+    raw = _runner(mode="real", strength=0.6, edit="decoded")({"image": subject.astype(np.float32)})
+    assert "decoded" not in raw
+    np.testing.assert_allclose(raw["counterfactual"], out["decoded"], atol=1e-5)
 
 
 def test_guidance_interval_and_scale_reach_the_sampler():
@@ -133,6 +143,7 @@ def test_guidance_interval_and_scale_reach_the_sampler():
     "settings, message",
     [
         ({"target_prompt": "Subject has severe lesion load"}, "['severe'] not in the model's"),
+        ({"mode": "real", "edit": "paste"}, "edit must be one of"),
         ({"source_prompt": "  "}, "source_prompt: the prompt is empty"),
         ({"mode": "dream"}, "mode must be one of"),
         ({"guidance_from": 0.8, "guidance_to": 0.2}, "guidance_from / guidance_to"),
@@ -214,6 +225,7 @@ def test_prompt_swap_cli_on_a_toy_text_wdm(tmp_path, capsys):
     assert "prompt_swap (real): 1 subject(s)" in capsys.readouterr().out
     written = nib.load(real / "subject_counterfactual.nii.gz")
     assert written.shape == (size,) * 3 and (real / "subject_reconstruction.nii.gz").is_file()
+    assert (real / "subject_decoded.nii.gz").is_file()  # the target decode before the edit
     # The cube's world coordinates cover the input's: its centre maps near the input's.
     centre_in = source.affine @ np.array([*(np.array(source.shape[:3]) - 1) / 2, 1.0])
     centre_out = written.affine @ np.array([*(np.array(written.shape) - 1) / 2, 1.0])
@@ -256,6 +268,7 @@ def test_prompt_swap_cli_on_a_toy_text_wdm(tmp_path, capsys):
     # No --features: untrained Med3D features, a Frechet distance never called FID.
     assert summary["table1"]["fid"]["label"].startswith("FD (untrained")
     assert 0 < summary["table1"]["subject_ms_ssim"] <= 1 and summary["real"]
+    assert {row["edit"] for row in summary["real"]} == {"residual", "decoded"}
     assert summary["lesion_meter"]["dice"] > 0
     assert (evaluated / "synthetic_panel.png").is_file()
     assert evaluate.main([*argv[:-4], "--method=nope"]) == 2

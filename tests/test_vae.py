@@ -47,7 +47,13 @@ TOY = dict(
 )
 # Parameter counts of the presets; "sd" is diffusers' AutoencoderKL with the Stable
 # Diffusion v1 VAE config (checked against diffusers in test_sd_layout_matches_diffusers).
-PRESET_PARAMS = {"sd": 83_653_863, "mri4": 20_946_728, "mri3d": 9_972_613}
+PRESET_PARAMS = {
+    "sd": 83_653_863,
+    "mri4": 20_946_728,
+    "mri3d": 9_972_613,
+    "mri3d_small": 487_693,
+    "mri3d_small_f2": 470_421,
+}
 # bf16 compute vs fp32: relative RMS error ||bf16 - fp32|| / ||fp32|| of the toy VAE's
 # outputs (measured 0.025 reconstruction, 0.011 mean, 0.011 logvar; bf16 keeps 8 mantissa
 # bits and the residual stream is bf16 through ~20 layers of random weights).

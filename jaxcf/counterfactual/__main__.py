@@ -19,9 +19,11 @@ python -m jaxcf.counterfactual --method=prompt_swap --config=configs/wdm_ms.py
 Paper 004's prompt swap on a 3-D prompt model (WDM or rectified flow): without --input, N
 synthetic subjects sampled from one noise under source_prompt and target_prompt; with
 --input, the volume inverted under source_prompt (its own) and decoded under the target.
-Writes <name>_{factual,counterfactual,difference}.nii.gz (and _reconstruction for a real
-subject) on the model's cube, with an affine that maps it onto the input, and
-<name>_panel.png (axial / coronal / sagittal mid-slices of both and their difference).
+Writes <name>_{factual,counterfactual,difference}.nii.gz (and, for a real subject,
+_reconstruction under its own prompt and _decoded, the target decode before the default
+residual edit x + decoded - reconstruction) on the model's cube, with an affine that
+maps it onto the input, and <name>_panel.png (axial / coronal / sagittal mid-slices of
+both and their difference).
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 

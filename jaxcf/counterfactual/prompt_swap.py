@@ -13,8 +13,17 @@ target copy), so the pair shares its noise exactly and the sampler compiles once
 
 Real subjects are inverted under their own prompt without guidance (DDIM inversion or
 flow_invert, as Diff-SCM inverts under the null label) and decoded under both the source
-prompt ("reconstruction": what inversion alone changes) and the target prompt; the
-heatmap is |factual - counterfactual| averaged over channels.
+prompt ("reconstruction": what inversion alone changes) and the target prompt. The
+counterfactual is then either that target decode ("decoded") or, by default, the subject
+plus what the prompt changed (edit = "residual"):
+
+    x_cf = x + D(x_T, y_b) - D(x_T, y_a)
+
+Both decodes start from the same x_T, so the model's reconstruction error, which they
+share, cancels: an x0-predicting WDM that re-draws the whole volume at its last step
+reconstructs a 32^3 phantom at ~19-20 dB PSNR, far below what the edit itself changes
+(README, paper 004 phantom proof). The heatmap is |factual - counterfactual| averaged
+over channels.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from jaxcf.diffusion.samplers import ddim_invert, ddim_sample, flow_invert, flow
 from jaxcf.errors import InputError
 
 MODES = ("synthetic", "real")
+EDITS = ("residual", "decoded")
 LABEL = "Prompt swap"
 
 
@@ -57,6 +67,9 @@ def default_config() -> ml_collections.ConfigDict:
             "guidance_from": 0.0,
             "guidance_to": 1.0,
             "spacing": "leading",  # discrete schedules' respacing (DDIM's usual)
+            # real mode: "residual" = x + D(x_T, target) - D(x_T, source) (module docstring)
+            # | "decoded" = D(x_T, target) as it comes out of the sampler
+            "edit": "residual",
         }
     )
 
@@ -134,6 +147,13 @@ def swap(
     return {"source": out[:b], "target": out[b:], "latent": latent}
 
 
+def residual_edit(x: Any, reconstruction: Any, decoded: Any) -> Any:
+    """x + (decoded - reconstruction): the subject plus what the target prompt changed
+    relative to the source prompt from the same x_T (module docstring). Arrays (B, ..., C),
+    jax or numpy."""
+    return x + (decoded - reconstruction)
+
+
 PROMPT_FIELDS = (
     "source_prompt_ids",
     "source_prompt_mask",
@@ -155,9 +175,11 @@ def _rows(tokens: dict[str, np.ndarray], batch: int) -> dict[str, jax.Array]:
 def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     """fn(weights, {"image": (B, ..., C), optional "source_prompt_ids" / "_mask",
     "target_prompt_ids" / "_mask" (B, L) per row}, key) -> {"factual", "counterfactual",
-    "heatmap" (B, ...), and "reconstruction" in real mode}. Without per-row prompts the
-    config's source_prompt / target_prompt are used for every row. Synthetic mode ignores
-    the image's values (only its shape counts): "factual" is the source-prompt sample."""
+    "heatmap" (B, ...), and in real mode "reconstruction" (the source-prompt decode) and,
+    with edit "residual", "decoded" (the target-prompt decode before the edit)}. Without
+    per-row prompts the config's source_prompt / target_prompt are used for every row.
+    Synthetic mode ignores the image's values (only its shape counts): "factual" is the
+    source-prompt sample."""
     if model.tokenizer is None:
         raise InputError(
             "prompt_swap needs a prompt-conditioned model (diffusion.condition='prompt') "
@@ -169,6 +191,9 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     if float(cfg.guidance_scale) < 0:
         raise InputError("counterfactual.prompt_swap.guidance_scale must be >= 0")
     interval = _interval(model, float(cfg.guidance_from), float(cfg.guidance_to))
+    edit = str(cfg.get("edit", "residual"))
+    if edit not in EDITS:
+        raise InputError(f"counterfactual.prompt_swap.edit must be one of {EDITS}, got {edit!r}")
     source = known_prompt_tokens(
         model.tokenizer, [cfg.source_prompt], "counterfactual.prompt_swap.source_prompt"
     )
@@ -211,14 +236,18 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
         )
         decoded_source = model.decode(weights, out["source"])
         counterfactual = model.decode(weights, out["target"])
+        extra = {}
+        if mode == "real":
+            extra = {"reconstruction": decoded_source}
+            if edit == "residual":
+                extra["decoded"] = counterfactual
+                counterfactual = residual_edit(x, decoded_source, counterfactual)
         factual = x if mode == "real" else decoded_source
-        result = {
+        return {
             "factual": factual,
             "counterfactual": counterfactual,
             "heatmap": difference_map(factual, counterfactual),
+            **extra,
         }
-        if mode == "real":
-            result["reconstruction"] = decoded_source
-        return result
 
     return fn

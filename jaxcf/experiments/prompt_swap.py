@@ -122,8 +122,9 @@ def run(
     progress: bool = True,
 ) -> dict:
     """Prompt swap of `count` synthetic subjects (subject None) or of one real volume;
-    writes <name>_{factual,counterfactual,difference}.nii.gz (and _reconstruction in real
-    mode) and <name>_panel.png per subject to `out`; returns a summary."""
+    writes <name>_{factual,counterfactual,difference}.nii.gz (and _reconstruction and, for
+    the residual edit, _decoded in real mode) and <name>_panel.png per subject to `out`;
+    returns a summary."""
     config = trained.config
     if config.data.task != "volumes":
         raise InputError(
@@ -155,7 +156,7 @@ def run(
         labels = (f"input ({settings.source_prompt})", labels[1])
     written = []
     for i, name in enumerate(names):
-        for kind in ("factual", "counterfactual", "reconstruction"):
+        for kind in ("factual", "counterfactual", "reconstruction", "decoded"):
             if kind in outputs:
                 volume = outputs[kind][i]
                 cases.write_volume(out / f"{name}_{kind}.nii.gz", volume[..., 0], affine)

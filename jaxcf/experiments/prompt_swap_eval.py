@@ -36,6 +36,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from jaxcf.counterfactual.prompt_swap import residual_edit
 from jaxcf.counterfactual.runner import MethodRunner
 from jaxcf.data.text import known_prompt_tokens
 from jaxcf.errors import InputError
@@ -365,26 +366,36 @@ def evaluate(
                 pick = [j for j, (i, t) in enumerate(rows) if labels[i] == source and t == k]
                 if not pick:
                     continue
-                inputs, cfs = result["factual"][pick], result["counterfactual"][pick]
-                kept = _pairs(inputs, cfs, value_range)
-                recon = _pairs(inputs, result["reconstruction"][pick], value_range)
+                inputs, rebuilt = result["factual"][pick], result["reconstruction"][pick]
+                decoded = result.get("decoded", result["counterfactual"])[pick]
+                recon = _pairs(inputs, rebuilt, value_range)
                 truth = None
                 if "seg" in real:
                     truth = _mean((real["seg"][index[pick]] > 0).sum(axis=(1, 2, 3)))
-                real_rows.append(
-                    {
-                        "source": names[source],
-                        "target": names[k],
-                        "subjects": len(pick),
-                        "true_lesion_voxels": truth,
-                        "input_lesion_voxels": lesions(inputs),
-                        "lesion_voxels": lesions(cfs),
-                        "psnr": _mean(kept["psnr"]),
-                        "ms_ssim": _mean(kept["ms_ssim"]),
-                        "reconstruction_psnr": _mean(recon["psnr"]),
-                        "alignment": _alignment(scorers, cfs, np.full(len(pick), k)),
-                    }
-                )
+                # Both edits of the same sampler outputs (prompt_swap's module docstring).
+                for edit, cfs in (
+                    ("residual", residual_edit(inputs, rebuilt, decoded)),
+                    ("decoded", decoded),
+                ):
+                    kept = _pairs(inputs, cfs, value_range)
+                    real_rows.append(
+                        {
+                            "source": names[source],
+                            "target": names[k],
+                            "edit": edit,
+                            "subjects": len(pick),
+                            "true_lesion_voxels": truth,
+                            "input_lesion_voxels": lesions(inputs),
+                            "lesion_voxels": lesions(cfs),
+                            "more_lesion_share": None
+                            if meter is None
+                            else _mean(meter.voxels(cfs) > meter.voxels(inputs)),
+                            "psnr": _mean(kept["psnr"]),
+                            "ms_ssim": _mean(kept["ms_ssim"]),
+                            "reconstruction_psnr": _mean(recon["psnr"]),
+                            "alignment": _alignment(scorers, cfs, np.full(len(pick), k)),
+                        }
+                    )
         real_example = _real_example(rows, labels, result, names)
 
     reference = []
@@ -537,18 +548,26 @@ def markdown(summary: dict) -> str:
             f"## Real {summary['split']} subjects, inverted under their own prompt "
             f"(strength {summary['settings']['strength']:g})",
             "",
-            "| swap | subjects | lesion voxels: true / measured in input -> counterfactual "
-            "| subject MS-SSIM | PSNR (dB) | reconstruction PSNR (dB) | alignment (%) |",
-            "|---|---|---|---|---|---|---|",
+            "| swap | edit | subjects | lesion voxels: true / measured in input -> "
+            "counterfactual | more lesion (%) | subject MS-SSIM | PSNR (dB) "
+            "| reconstruction PSNR (dB) | alignment (%) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in summary["real"]:
             lines.append(
-                f"| {row['source']} -> {row['target']} | {row['subjects']} "
+                f"| {row['source']} -> {row['target']} | {row['edit']} | {row['subjects']} "
                 f"| {_fmt(row['true_lesion_voxels'], '.1f')} / "
                 f"{_fmt(row['input_lesion_voxels'], '.1f')} -> {_fmt(row['lesion_voxels'], '.1f')} "
+                f"| {pct(row['more_lesion_share'])} "
                 f"| {row['ms_ssim']:.4f} | {row['psnr']:.2f} | {row['reconstruction_psnr']:.2f} "
                 f"| {pct(row['alignment'])} |"
             )
+        lines += [
+            "",
+            "edit: residual = input + decoded(target) - decoded(source) from the same inverted "
+            "noise (the default; the reconstruction error cancels); decoded = the "
+            "target-prompt decode itself.",
+        ]
     lines += [
         "",
         f"## Real {summary['split']} volumes by category (what the meters read on real data)",

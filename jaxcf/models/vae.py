@@ -66,6 +66,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         mid_attention=False,
     ),
 }
+# mri3d's layout at a CPU-trainable width (the phantom32 proof of paper 004's latent models:
+# 32^3 volumes -> 8^3 x 4 latents); mri3d itself takes ~11 s per batch of four 32^3
+# volumes on two CPU cores.
+PRESETS["mri3d_small"] = dict(
+    PRESETS["mri3d"], block_out_channels=(8, 16, 32), layers_per_block=1, norm_num_groups=8
+)
+# ... and with one downsampling (2x per axis) instead of two, so that 1-3 voxel lesions of
+# 32^3 phantoms survive the latent space (mri3d_small's 4x erases them).
+PRESETS["mri3d_small_f2"] = dict(PRESETS["mri3d_small"], block_out_channels=(16, 32))
 
 
 def _call(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:

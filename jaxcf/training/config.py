@@ -67,9 +67,18 @@ def base_config() -> ml_collections.ConfigDict:
     # folder, or a jaxcf workdir trained with configs/vae_brats.py. An empty checkpoint (an
     # untrained VAE, latents that mean nothing) is refused unless allow_untrained (smoke
     # runs). mode: per_modality (RGB VAE, each MRI modality replicated to 3 channels)
-    # | joint | auto (per_modality when the VAE takes 3 channels).
+    # | joint | auto (per_modality when the VAE takes 3 channels). scaling_factor: the
+    # latents' scale (LDM's 1 / std of the training latents); 0 = the preset's (SD's
+    # 0.18215), which fits the SD VAE only: measure a VAE of your own with
+    # jaxcf.models.vae.estimate_scaling_factor.
     c.vae = ml_collections.ConfigDict(
-        {"preset": "sd", "checkpoint": "", "mode": "auto", "allow_untrained": False}
+        {
+            "preset": "sd",
+            "checkpoint": "",
+            "mode": "auto",
+            "allow_untrained": False,
+            "scaling_factor": 0.0,
+        }
     )
     c.vae_loss = ml_collections.ConfigDict({"kl_weight": 1e-6})
 
@@ -246,6 +255,16 @@ def apply_toy(c: ml_collections.ConfigDict, **model) -> ml_collections.ConfigDic
             c.counterfactual[name].num_steps = 10
     c.eval.max_items = 8
     c.model.update(model)
+    return c
+
+
+def phantom32_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The data of paper 004's phantom proof (the phantom32 variants of configs/wdm_ms.py,
+    classifier_ms.py, vae3d_ms.py, rflow_ms.py), on top of apply_toy: 48 procedural MS
+    phantoms rendered at 32^3, batch 4. Every variant prepares the same volumes, so one
+    workdir's shards serve the others (--config.data.prepared=...)."""
+    c.data.update(volume_size=32, batch_size=4)
+    c.data.phantom.update(size=32, cases=48)
     return c
 
 

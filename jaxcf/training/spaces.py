@@ -200,7 +200,13 @@ def build_vae(vae: Any, key: jax.Array, restoring: bool = False):
     it already passed check_vae), so an empty vae.checkpoint is accepted without a word."""
     if not restoring:
         check_vae(vae)
-    module = models.build_module({"family": "vae", "preset": vae.preset}, key)
+    network = {"family": "vae", "preset": vae.preset}
+    scale = float(vae.get("scaling_factor", 0.0))
+    if scale < 0:
+        raise InputError(f"vae.scaling_factor must be > 0 (or 0: the preset's), got {scale}")
+    if scale > 0:
+        network["scaling_factor"] = scale
+    module = models.build_module(network, key)
     graphdef, params = nnx.split(module)
     if vae.checkpoint:
         params = load_vae_params(vae.checkpoint, params)

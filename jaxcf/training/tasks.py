@@ -226,7 +226,11 @@ class DiffusionTask:
 
 class VAETask:
     """Trains the AutoencoderKL of a latent model: L1 reconstruction + kl_weight * KL
-    (Rombach et al. 2022 without the perceptual and adversarial terms)."""
+    (Rombach et al. 2022 without the perceptual and adversarial terms).
+
+    metrics: loss, l1, kl and latent_std, the std of the batch's unscaled latent means:
+    1 / latent_std is the vae.scaling_factor for a latent model on this VAE (LDM's rule;
+    jaxcf.models.vae.estimate_scaling_factor)."""
 
     def __init__(self, config: Any, key: jax.Array):
         self.config = config
@@ -240,7 +244,7 @@ class VAETask:
         l1 = jnp.mean(jnp.abs(recon - x))
         kl = jnp.mean(vae_models.kl_divergence(mean, logvar)) / np.prod(x.shape[1:])
         loss = l1 + self.kl_weight * kl
-        return loss, {"loss": loss, "l1": l1, "kl": kl}
+        return loss, {"loss": loss, "l1": l1, "kl": kl, "latent_std": jnp.std(mean)}
 
     def preview(self, params: dict, frozen: dict, batch: dict, key: jax.Array, num: int):
         recon, _, _ = self.apply(params["model"], batch["image"][:num])

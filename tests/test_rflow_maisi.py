@@ -340,6 +340,19 @@ def test_toy_latent_configs_build_their_task(name):
     assert abstract.shape == x0.shape
 
 
+@pytest.mark.parametrize("name", ["rflow_adni", "linear_ms"])
+def test_the_network_sees_maisis_time_scale(name):
+    """A flow time t in [0, 1] reaches the network as t * 1000 (MAISI feeds MONAI's
+    RFlowScheduler times, t * num_train_timesteps); discrete timesteps pass unchanged."""
+    task = make_task(_load_config(name, "toy"), jax.random.key(0))
+    seen = []
+    task.model_apply = lambda params, x, t, cond, **kwargs: seen.append(t) or x
+    t = jnp.array([0.25]) if task.schedule.is_flow else jnp.array([250])
+    cond = {"context": jnp.zeros((1, 3, 32)), "context_mask": jnp.ones((1, 3), bool)}
+    task.model_fn(task.params, task.frozen)(jnp.zeros((1, 4, 4, 4, 4)), t, cond)
+    assert float(seen[0][0]) == 250.0
+
+
 def test_vae3d_then_rflow_then_prompt_swap(tmp_path, capsys):
     """The command chain of configs/rflow_ms.py at toy size: train the 3-D VAE, train the
     latent RFlow model on its latents (--config.vae.checkpoint=the VAE's workdir), then the

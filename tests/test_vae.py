@@ -52,7 +52,6 @@ PRESET_PARAMS = {
     "mri4": 20_946_728,
     "mri3d": 9_972_613,
     "mri3d_small": 487_693,
-    "mri3d_small_f2": 470_421,
 }
 # bf16 compute vs fp32: relative RMS error ||bf16 - fp32|| / ||fp32|| of the toy VAE's
 # outputs (measured 0.025 reconstruction, 0.011 mean, 0.011 logvar; bf16 keeps 8 mantissa

@@ -72,9 +72,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["mri3d_small"] = dict(
     PRESETS["mri3d"], block_out_channels=(8, 16, 32), layers_per_block=1, norm_num_groups=8
 )
-# ... and with one downsampling (2x per axis) instead of two, so that 1-3 voxel lesions of
-# 32^3 phantoms survive the latent space (mri3d_small's 4x erases them).
-PRESETS["mri3d_small_f2"] = dict(PRESETS["mri3d_small"], block_out_channels=(16, 32))
 
 
 def _call(module: nnx.Module, x: jax.Array, remat: bool) -> jax.Array:

@@ -167,10 +167,17 @@ class DiffusionTask:
         prepared cond). apply_kwargs go to the network's apply (e.g. control=,
         return_attention=)."""
 
+        # Flow times t in [0, 1] reach the network as t * T, as MAISI feeds MONAI's
+        # RFlowScheduler times (t * num_train_timesteps): a sinusoidal embedding built for
+        # times up to ~1000 is almost constant over [0, 1], so the network could barely
+        # tell the noise levels apart.
+        time_scale = float(self.schedule.num_timesteps) if self.schedule.is_flow else None
+
         def fn(x, t, cond):
             inner = self.conditioner.encode(params, frozen, cond)
+            t_net = t if time_scale is None else t * time_scale
             return self.model_apply(
-                params["model"], x, t, inner, dropout_key=dropout_key, **apply_kwargs
+                params["model"], x, t_net, inner, dropout_key=dropout_key, **apply_kwargs
             )
 
         return fn

@@ -21,9 +21,9 @@ plus what the prompt changed (edit = "residual"):
 
 Both decodes start from the same x_T, so the model's reconstruction error, which they
 share, cancels: an x0-predicting WDM that re-draws the whole volume at its last step
-reconstructs a 32^3 phantom at ~19-20 dB PSNR, far below what the edit itself changes
-(README, paper 004 phantom proof). The heatmap is |factual - counterfactual| averaged
-over channels.
+reconstructs its 32^3 phantom test subjects at 17.8 dB PSNR, so its raw target decode
+loses the subject (README, paper 004 phantom proof). The heatmap is
+|factual - counterfactual| averaged over channels.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ Variants:
              latent space.
   phantom32  the README's phantom proof on 2 CPU cores: the 32^3 MS phantoms of
              configs/wdm_ms.py:phantom32 on the 8^3 x 4 latents of configs/vae3d_ms.py:phantom32
-             (give its workdir as --config.vae.checkpoint), a small 3-D text UNet (32
+             (give its workdir as --config.vae.checkpoint and 1 / its latent_std as
+             --config.vae.scaling_factor: README, 0.4683), a small 3-D text UNet (32
              channels, levels 8^3 and 4^3, cross-attention at both, self-attention at 4^3),
              AdamW 1e-3, EMA 0.995, 2000 steps; Euler 30 steps as the recipe.
 """

@@ -261,8 +261,8 @@ def apply_toy(c: ml_collections.ConfigDict, **model) -> ml_collections.ConfigDic
 def phantom32_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The data of paper 004's phantom proof (the phantom32 variants of configs/wdm_ms.py,
     classifier_ms.py, vae3d_ms.py, rflow_ms.py), on top of apply_toy: 48 procedural MS
-    phantoms rendered at 32^3, batch 4. Every variant prepares the same volumes, so one
-    workdir's shards serve the others (--config.data.prepared=...)."""
+    phantoms rendered at 32^3, batch 4: every variant renders the same phantoms (checked in
+    tests/test_classifier.py). Each workdir renders and prepares its own copy."""
     c.data.update(volume_size=32, batch_size=4)
     c.data.phantom.update(size=32, cases=48)
     return c

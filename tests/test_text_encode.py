@@ -8,11 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from flax import nnx
+from tower_fixtures import save_tiny_bert
 
-from jaxcf.convert.bert import bert_state_dict
 from jaxcf.data.text import Tokenizer, build_vocab
-from jaxcf.models.bert import Bert, BertConfig
 from jaxcf.models.text import PrecomputedText
 from jaxcf.text import encode
 
@@ -23,15 +21,7 @@ WORDS = ["subject", "has", "minimal", "high", "lesion", "load"]
 @pytest.fixture(scope="module")
 def tower(tmp_path_factory):
     """A tiny random BERT saved as safetensors with its vocab.txt (no config.json)."""
-    from safetensors.numpy import save_file
-
-    folder = tmp_path_factory.mktemp("bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
-    )
-    save_file(bert_state_dict(Bert(config, rngs=nnx.Rngs(0))), str(folder / "model.safetensors"))
+    folder = save_tiny_bert(tmp_path_factory.mktemp("bert"), WORDS)
     tokenizer = folder / "tokenizer.json"
     tokenizer.write_text(json.dumps(Tokenizer(build_vocab(PROMPTS), 8).to_json()))
     return folder, tokenizer

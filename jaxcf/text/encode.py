@@ -81,58 +81,29 @@ def data_tokenizer(path: str):
     return Tokenizer.from_json(obj)
 
 
-def detect_tower(checkpoint: str) -> str:
-    """ "bert" or "clip" from the checkpoint's tensor names."""
-    from jaxcf.convert.common import load_state_dict, resolve_checkpoint
+def encode_texts(args: argparse.Namespace, texts: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    """(tower kind, embeddings (N, L2, D), mask (N, L2)) of `texts` by --checkpoint's tower:
+    its tokens' last states (--output=tokens) or one pooled, projected token (pooled)."""
+    from jaxcf.text.tower import encode_tokens, load_tower
 
-    names = ("model.safetensors", "pytorch_model.bin")
-    file = resolve_checkpoint(checkpoint, names, subfolders=("text_encoder",))
-    if file.suffix == ".safetensors":  # names only: a single-file SD checkpoint is 4 GB
-        from safetensors import safe_open
-
-        with safe_open(str(file), "np") as handle:
-            keys = list(handle.keys())
-    else:
-        keys = list(load_state_dict(file))
-    if any("token_embedding.weight" in k for k in keys):
-        return "clip"
-    if any("word_embeddings.weight" in k for k in keys):
-        return "bert"
-    raise InputError(f"--checkpoint: {checkpoint} holds neither a BERT nor a CLIP text tower")
-
-
-def encode_bert(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    from jaxcf.convert.bert import load_bert
-    from jaxcf.data.wordpiece import WordPieceTokenizer
-
-    model, config = load_bert(args.checkpoint, num_heads=args.num_heads)
-    folder = pathlib.Path(args.checkpoint)
-    vocab = args.vocab or (folder if folder.is_dir() else folder.parent) / "vocab.txt"
-    ids, mask = WordPieceTokenizer.from_vocab(vocab, max_len=args.max_len).encode_batch(texts)
-    if args.output == "pooled":
-        if config.proj is None:
-            raise InputError(f"--output=pooled needs a projection head; {args.checkpoint} has none")
-        pooled = np.asarray(model.encode_text(ids, mask))
-        return pooled[:, None], np.ones((len(pooled), 1), bool)
-    return np.asarray(model(ids, mask)), np.asarray(mask, bool)
-
-
-def encode_clip(args: argparse.Namespace, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    from jaxcf.convert.clip_text import load_clip_text
-    from jaxcf.data.clip_bpe import CLIPTokenizer
-
-    model, _ = load_clip_text(args.checkpoint, num_heads=args.num_heads)
-    tokenizer = (
-        CLIPTokenizer.from_file(args.vocab) if args.vocab else CLIPTokenizer.from_open_clip()
+    tower = load_tower(
+        args.checkpoint,
+        kind=args.tower,
+        vocab=args.vocab,
+        max_len=args.max_len,
+        num_heads=args.num_heads,
     )
-    ids = tokenizer(texts)
-    out = model(ids)
-    if args.output == "pooled":
-        pooled = np.asarray(out["pooled"])
-        return pooled[:, None], np.ones((len(pooled), 1), bool)
-    # Stable Diffusion attends to all 77 positions, padding included.
-    hidden = np.asarray(out["last_hidden_state"])
-    return hidden, np.ones(hidden.shape[:2], bool)
+    ids, mask = tower.tokenize(texts)
+    if args.output == "tokens":
+        tokens, token_mask = encode_tokens(tower.kind, tower.model, ids, mask)
+        return tower.kind, np.asarray(tokens), np.asarray(token_mask, bool)
+    if tower.kind == "bert":
+        if tower.model.config.proj is None:
+            raise InputError(f"--output=pooled needs a projection head; {args.checkpoint} has none")
+        pooled = np.asarray(tower.model.encode_text(ids, mask))
+    else:
+        pooled = np.asarray(tower.model(ids)["pooled"])
+    return tower.kind, pooled[:, None], np.ones((len(pooled), 1), bool)
 
 
 def encode(args: argparse.Namespace) -> dict:
@@ -145,9 +116,7 @@ def encode(args: argparse.Namespace) -> dict:
     null_ids = np.zeros((1, tokenizer.max_len), np.int32)
     null_ids[0, 0] = tokenizer.vocab.index("<bos>")
     prompt_ids = np.concatenate([words["prompt_ids"], null_ids])
-    tower = detect_tower(args.checkpoint) if args.tower == "auto" else args.tower
-    texts = [*prompts, ""]
-    embeddings, mask = (encode_bert if tower == "bert" else encode_clip)(args, texts)
+    tower, embeddings, mask = encode_texts(args, [*prompts, ""])
     out = pathlib.Path(args.out)
     if out.suffix != ".npz":
         raise InputError(f"--out: {out} must end in .npz")

@@ -13,7 +13,8 @@ prompt encoder) and the frozen ones ({"text": ...} for embeddings read from a fi
   "label"   {"label": (B,) int32}; null label = num_classes (the extra class of
             classifier-free dropout).
   "prompt"  {"prompt_ids": (B, L) int32, "prompt_mask": (B, L) bool} through a prompt
-            encoder (config.text) -> {"context": (B, L2, D), "context_mask": (B, L2)};
+            encoder (config.text.encoder: trainable | file | tower) ->
+            {"context": (B, L2, D), "context_mask": (B, L2)};
             null prompt = <bos> alone (never fully masked: cross-attention keeps a key).
   "image"   {"image": batch["image"]} for models that diffuse something else
             (diffusion.target, e.g. a segmentation) given the image. Nothing concatenates
@@ -184,8 +185,15 @@ def build_conditioner(config: Any, key: jax.Array, *, num_classes: int = 0) -> B
 
 def build_text(text: Any, key: jax.Array) -> tuple[TextApply, nnx.State, bool]:
     """(apply(state, ids, mask) -> (context, mask), state, from_file) of config.text:
-    a trainable PromptEncoder (state trained with the denoiser) or embeddings read from
-    text.file (state frozen, reloaded from the file whenever the task is built)."""
+    a trainable PromptEncoder (state trained with the denoiser), embeddings read from
+    text.file, or a pretrained BERT / CLIP tower run on the fly (text.encoder = "tower",
+    jaxcf.text.tower). The last two are frozen (from_file: reloaded from their files
+    whenever the task is built, never trained nor checkpointed)."""
+    if text.encoder == "tower":
+        from jaxcf.text.tower import frozen_tower
+
+        apply, state = frozen_tower(text)
+        return apply, state, True
     if text.encoder == "trainable":
         module = text_models.PromptEncoder(
             text.vocab_size,
@@ -202,7 +210,9 @@ def build_text(text: Any, key: jax.Array) -> tuple[TextApply, nnx.State, bool]:
         module = text_models.PrecomputedText(text.file)
         from_file = True
     else:
-        raise InputError(f"text.encoder must be 'trainable' or 'file', got {text.encoder!r}")
+        raise InputError(
+            f"text.encoder must be 'trainable', 'file' or 'tower', got {text.encoder!r}"
+        )
     graphdef, state = nnx.split(module)
 
     def apply(state, ids, mask):

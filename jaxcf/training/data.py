@@ -71,7 +71,13 @@ def train_iterator(data_config: Any, *, seed: int):
     return iter(dataset)
 
 
+def vocabulary(data_config: Any) -> list[str]:
+    """The prepared data's prompt vocabulary (jaxcf.data.text.Tokenizer.vocab; [] when it
+    has no prompts)."""
+    tokenizer = info(data_config).get("tokenizer") or {}
+    return list(tokenizer.get("vocab") or [])
+
+
 def vocab_size(data_config: Any) -> int:
     """Size of the prepared data's prompt vocabulary (0 when it has no prompts)."""
-    tokenizer = info(data_config).get("tokenizer") or {}
-    return len(tokenizer.get("vocab") or [])
+    return len(vocabulary(data_config))

@@ -151,6 +151,8 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     if config.diffusion.condition == "prompt" and config.train.task == "diffusion":
         # The prompt encoder's vocabulary and length follow the prepared data.
         config.text.vocab_size = config.text.vocab_size or training_data.vocab_size(data_config)
+        if config.text.encoder == "tower" and not config.text.get("data_vocab"):
+            config.text.data_vocab = training_data.vocabulary(data_config)
         config.text.max_len = config.text.max_len or int(data_config.prompt_max_len)
     task = make_task(config, jax.random.key(train.seed))
     optimizer = make_optimizer(config.optim, train.num_steps)

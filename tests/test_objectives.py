@@ -52,6 +52,22 @@ def test_loss_at_the_optimum_equals_the_irreducible_error():
     assert float(metrics["mse"]) == pytest.approx(float(loss))
 
 
+def test_l1_loss_at_the_optimum_is_the_gaussian_mean_absolute_error():
+    # The optimum's error eps - E[eps|x_t] is Gaussian with the variance above, so its
+    # mean absolute value is sqrt(2 / pi) times its standard deviation (MAISI's L1Loss).
+    sched = D.linear()
+    s = 0.5
+    model = D.gaussian_denoiser(sched, 0.0, s)
+    data = s * jax.random.normal(jax.random.key(1), (4096, 16, 1))
+    loss, metrics = D.diffusion_loss(model, sched, data, jax.random.key(2), distance="l1")
+    abar = np.asarray(sched.alphas_cumprod, np.float64)
+    expected = np.mean(np.sqrt(2 / np.pi * abar * s**2 / (abar * s**2 + 1 - abar)))
+    assert float(loss) == pytest.approx(expected, rel=0.05)
+    assert float(metrics["l1"]) == pytest.approx(float(loss)) and "mse" in metrics
+    with pytest.raises(ValueError, match=r"diffusion\.loss must be one of"):
+        D.diffusion_loss(model, sched, data, jax.random.key(2), distance="huber")
+
+
 def test_min_snr_weights():
     sched = D.linear()
     t = jnp.array([1, 500, 999])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import math
 import pathlib
 
@@ -28,7 +29,7 @@ import pytest
 from jaxcf import diffusion as D
 from jaxcf.diffusion import process
 from jaxcf.diffusion import schedules as S
-from jaxcf.training.tasks import make_task
+from jaxcf.training.tasks import make_schedule, make_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 T = 1000  # MAISI's num_train_timesteps
@@ -275,9 +276,9 @@ def test_logit_normal_training_draws_match_monai(shape, loc, scale):
 
 @pytest.mark.ref
 def test_linear_betas_match_monais_ddpm_scheduler():
-    """jaxcf's "linear" is MONAI DDPMScheduler's default (linear_beta 1e-4 -> 0.02), which
-    configs/linear_ms.py uses; MAISI's released DDPM config (scaled_linear_beta 0.0015 ->
-    0.0195) is jaxcf's scaled_linear with those ends. MONAI builds its betas in float32."""
+    """jaxcf's "linear" is MONAI DDPMScheduler's default (linear_beta 1e-4 -> 0.02); MAISI's
+    released DDPM config (scaled_linear_beta 0.0015 -> 0.0195) is jaxcf's scaled_linear with
+    those ends, which configs/linear_ms.py builds. MONAI builds its betas in float32."""
     schedulers = pytest.importorskip("monai.networks.schedulers")
     cases = [
         (schedulers.DDPMScheduler(T), S.linear(T)),
@@ -291,7 +292,26 @@ def test_linear_betas_match_monais_ddpm_scheduler():
     for monai, ours in cases:
         np.testing.assert_allclose(ours.betas, monai.betas.numpy(), rtol=1e-6)
         np.testing.assert_allclose(ours.alphas_cumprod, monai.alphas_cumprod.numpy(), rtol=2e-5)
-    assert _load_config("linear_ms").diffusion.schedule == "linear"
+    maisi = schedulers.DDPMScheduler(
+        T, schedule="scaled_linear_beta", beta_start=0.0015, beta_end=0.0195
+    )
+    built = make_schedule(_load_config("linear_ms").diffusion)
+    np.testing.assert_allclose(built.betas, maisi.betas.numpy(), rtol=1e-6)
+
+
+def test_beta_ends_reach_the_beta_schedules_only():
+    from jaxcf.errors import InputError
+
+    diffusion = _load_config("linear_ms").diffusion
+    diffusion.update(schedule="linear")
+    ends = lambda d: np.asarray(make_schedule(d).betas)[[0, -1]]
+    np.testing.assert_allclose(ends(diffusion), [0.0015, 0.0195])
+    diffusion.update(beta_start=0.0, beta_end=0.0)
+    np.testing.assert_allclose(ends(diffusion), [1e-4, 0.02])
+    flow = _load_config("rflow_ms").diffusion
+    flow.beta_end = 0.02
+    with pytest.raises(InputError, match=r"diffusion\.beta_end applies to linear"):
+        make_schedule(flow)
 
 
 # ------------------------------------------------------------------------ configs and chain
@@ -311,7 +331,9 @@ def test_maisi_configs_follow_the_recipe():
     assert (rflow.diffusion.schedule, rflow.diffusion.prediction) == ("rectified_flow", "flow")
     assert rflow.diffusion.shift == 1.0 and rflow.diffusion.t_distribution == "uniform"
     assert rflow.sampler.num_steps == rflow.counterfactual.prompt_swap.num_steps == 30
-    assert (linear.diffusion.schedule, linear.diffusion.prediction) == ("linear", "eps")
+    assert (linear.diffusion.schedule, linear.diffusion.prediction) == ("scaled_linear", "eps")
+    assert (linear.diffusion.beta_start, linear.diffusion.beta_end) == (0.0015, 0.0195)
+    assert rflow.diffusion.loss == linear.diffusion.loss == "l1"  # MAISI's L1Loss
     assert linear.sampler.num_steps == linear.counterfactual.prompt_swap.num_steps == 1000
     assert adni.data.dataset == "adni"
     assert adni.counterfactual.prompt_swap.target_prompt == "Subject has Alzheimer's disease"
@@ -353,6 +375,29 @@ def test_the_network_sees_maisis_time_scale(name):
     assert float(seen[0][0]) == 250.0
 
 
+def test_vae_mask_weight_adds_l1_on_the_lesion_voxels():
+    """vae_loss.mask_weight w: loss = mean((1 + w * mask) |recon - x|) + kl term, the
+    reported l1 unweighted; without lesion masks in the batch it is refused by name."""
+    from jaxcf.errors import InputError
+
+    config = _load_config("vae3d_ms", "toy")
+    size = int(config.data.volume_size)
+    x = jax.random.uniform(jax.random.key(1), (1, size, size, size, 1), minval=-1, maxval=1)
+    seg = jnp.zeros((1, size, size, size), jnp.uint8).at[0, 2:5, 3:6, 4:7].set(1)
+    batch, key = {"image": x, "seg": seg}, jax.random.key(2)
+    plain = make_task(config, jax.random.key(0))
+    loss0, m0 = plain.loss(plain.params, {}, batch, key)
+    config.vae_loss.mask_weight = 9.0
+    weighted = make_task(config, jax.random.key(0))
+    loss9, m9 = weighted.loss(weighted.params, {}, batch, key)
+    assert float(m9["l1"]) == pytest.approx(float(m0["l1"]), rel=1e-6)
+    # The extra term is 9 * (lesion L1) * (lesion fraction of the voxels): 27 of size^3.
+    extra = 9.0 * float(m9["l1_mask"]) * 27 / size**3
+    assert float(loss9 - loss0) == pytest.approx(extra, rel=1e-4)
+    with pytest.raises(InputError, match=r"mask_weight=9\.0 needs lesion masks"):
+        weighted.loss(weighted.params, {}, {"image": x}, key)
+
+
 def test_vae3d_then_rflow_then_prompt_swap(tmp_path, capsys):
     """The command chain of configs/rflow_ms.py at toy size: train the 3-D VAE, train the
     latent RFlow model on its latents (--config.vae.checkpoint=the VAE's workdir), then the
@@ -365,7 +410,9 @@ def test_vae3d_then_rflow_then_prompt_swap(tmp_path, capsys):
     vae_dir, rflow_dir, out = tmp_path / "vae3d", tmp_path / "rflow", tmp_path / "swap"
     steps = ["--config.train.num_steps=2", "--config.train.checkpoint_every=2"]
     argv = ["train", f"--config={REPO / 'configs' / 'vae3d_ms.py'}:toy", f"--workdir={vae_dir}"]
-    assert train_cli.main([*argv, *steps]) == 0, capsys.readouterr().err
+    # Lesion-weighted L1: the MS volumes' batches carry the lesion masks.
+    weighted = "--config.vae_loss.mask_weight=50"
+    assert train_cli.main([*argv, *steps, weighted]) == 0, capsys.readouterr().err
     argv = [
         "train",
         f"--config={REPO / 'configs' / 'rflow_ms.py'}:toy",
@@ -410,3 +457,24 @@ def test_vae3d_then_rflow_then_prompt_swap(tmp_path, capsys):
         atol=1e-5,
     )
     assert (out / "synthetic000_panel.png").is_file()
+
+    # evaluate --method=prompt_swap on the latent model: the real volumes are also measured
+    # through its VAE (what a latent model can draw at all).
+    from jaxcf import evaluate
+
+    evaluated = tmp_path / "evaluated"
+    argv = [
+        "evaluate",
+        f"--config={REPO / 'configs' / 'rflow_ms.py'}:toy",
+        f"--checkpoint={rflow_dir}",
+        "--method=prompt_swap",
+        f"--out={evaluated}",
+        "--split=train",
+        "--config.counterfactual.prompt_swap.num_steps=2",
+        "--config.eval.synthetic_subjects=2",
+        "--config.eval.guidance_scales=(1.0,)",
+    ]
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    assert "| through the VAE |" in capsys.readouterr().out
+    summary = json.loads((evaluated / "metrics.json").read_text())
+    assert all(r["autoencoded_lesion_voxels"] is not None for r in summary["real_reference"])

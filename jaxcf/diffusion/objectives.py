@@ -108,6 +108,9 @@ def vlb_term(
     return jnp.where(t == 0, nll, kl)
 
 
+DISTANCES = ("mse", "l1")
+
+
 def diffusion_loss(
     model_fn: Callable[[jax.Array, jax.Array, Any], jax.Array],
     schedule: Schedule,
@@ -122,18 +125,22 @@ def diffusion_loss(
     t_loc: float = 0.0,
     t_scale: float = 1.0,
     vlb_weight: float = 1.0,
+    distance: str = "mse",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Denoising loss for one batch x0 (B, ..., C).
 
     Draws t and eps, forms x_t, optionally replaces each sample's condition by `null_cond`
     with probability `cond_drop_prob` (classifier-free guidance training), and regresses
     the model's output onto the target of schedule.prediction (eps, x0, v = alpha eps -
-    sigma x0, or flow = eps - x0) with a per-timestep weight. learned_range schedules add
-    vlb_weight * L_vlb on the variance channels (L_hybrid).
+    sigma x0, or flow = eps - x0) with a per-timestep weight, by mean squared ("mse") or
+    mean absolute ("l1": MAISI trains its latent UNets with torch's L1Loss) error.
+    learned_range schedules add vlb_weight * L_vlb on the variance channels (L_hybrid).
     Returns (scalar loss, metrics dict of scalars).
     """
     if cond_drop_prob > 0 and (cond is None or null_cond is None):
         raise InputError("cond_drop_prob > 0 needs both cond and null_cond")
+    if distance not in DISTANCES:
+        raise InputError(f"diffusion.loss must be one of {DISTANCES}, got {distance!r}")
     k_t, k_noise, k_drop = jax.random.split(key, 3)
     batch = x0.shape[0]
     x0 = x0.astype(jnp.float32)
@@ -150,8 +157,12 @@ def diffusion_loss(
     target = process.prediction_from(schedule, x0, noise, t)
     axes = tuple(range(1, x0.ndim))
     mse = jnp.mean((pred - target) ** 2, axis=axes)
-    loss = jnp.mean(loss_weights(schedule, t, weighting) * mse)
     metrics = {"mse": jnp.mean(mse)}
+    error = mse
+    if distance == "l1":
+        error = jnp.mean(jnp.abs(pred - target), axis=axes)
+        metrics["l1"] = jnp.mean(error)
+    loss = jnp.mean(loss_weights(schedule, t, weighting) * error)
     if var_values is not None:
         vlb = jnp.mean(vlb_term(schedule, x0, x_t, t, jax.lax.stop_gradient(pred), var_values))
         loss = loss + vlb_weight * vlb

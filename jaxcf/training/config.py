@@ -60,6 +60,15 @@ def base_config() -> ml_collections.ConfigDict:
             "max_len": follow(c.data, "prompt_max_len"),
             "vocab_size": 0,
             "file": "",
+            # encoder = "tower" (jaxcf.text.tower): a frozen pretrained BERT / CLIP run on
+            # the fly; dim must be its width. data_vocab: the data tokenizer's words, which
+            # jaxcf.train records from the prepared data.
+            "checkpoint": "",
+            "tower": "auto",
+            "vocab": "",
+            "tower_max_len": 64,
+            "tower_heads": 0,
+            "data_vocab": [],
         }
     )
 
@@ -80,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
             "scaling_factor": 0.0,
         }
     )
-    c.vae_loss = ml_collections.ConfigDict({"kl_weight": 1e-6})
+    c.vae_loss = ml_collections.ConfigDict({"kl_weight": 1e-6, "mask_weight": 0.0})
 
     c.diffusion = ml_collections.ConfigDict(
         {
@@ -95,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
             "cond_drop_prob": 0.1,  # classifier-free guidance training
             "weighting": "",  # "" | min_snr | min_snr:<gamma>
             "t_distribution": "uniform",  # uniform | logit_normal (flow)
+            "loss": "mse",  # mse | l1 (MAISI's latent UNets)
+            "beta_start": 0.0,  # linear / scaled_linear betas; 0: the schedule's default
+            "beta_end": 0.0,
         }
     )
     c.optim = ml_collections.ConfigDict(
@@ -398,10 +410,11 @@ def maisi_latent_config(dataset: str, schedule: str) -> ml_collections.ConfigDic
     target, t drawn uniform (diffusion.t_distribution = logit_normal is the other MONAI
     option), shifted by MAISI's resolution-dependent transform (diffusion.shift follows
     data.volume_size: (latent numel / 32^3)^(1/3), 1 for 32^3 latents); Euler sampling with
-    30 steps. schedule "linear" (MAISI Linear): 1000-step DDPM, eps-prediction, linear betas
-    1e-4 -> 0.02 (MONAI DDPMScheduler's defaults; MAISI's released DDPM config uses scaled-linear
-    betas 0.0015 -> 0.0195, which diffusion.schedule cannot express yet); deterministic DDIM
-    over all 1000 steps (the paper samples its latent models with 1000 DDPM steps)."""
+    30 steps. schedule "linear" (MAISI Linear): 1000-step DDPM, eps-prediction, MAISI's
+    released DDPM betas (MONAI scaled_linear_beta 0.0015 -> 0.0195: jaxcf's scaled_linear
+    with those ends); deterministic DDIM over all 1000 steps (the paper samples its latent
+    models with 1000 DDPM steps). Both train with an L1 loss on the network's target
+    (MAISI's diff_model_train: torch.nn.L1Loss)."""
     if schedule not in MAISI_SCHEDULES:
         raise InputError(f"MAISI schedule must be one of {MAISI_SCHEDULES}, got {schedule!r}")
     c = base_config()
@@ -434,7 +447,9 @@ def maisi_latent_config(dataset: str, schedule: str) -> ml_collections.ConfigDic
         groups=32,
         **latent_volume_shape(c),
     )
-    c.diffusion.update(space="latent", condition="prompt", cond_drop_prob=0.2, num_timesteps=1000)
+    c.diffusion.update(
+        space="latent", condition="prompt", cond_drop_prob=0.2, num_timesteps=1000, loss="l1"
+    )
     if schedule == "rflow":
         # MONAI's timestep_transform is applied to training draws and to the sampling grid
         # alike; jaxcf's schedule.shift does both (tests/test_rflow_maisi.py).
@@ -453,7 +468,13 @@ def maisi_latent_config(dataset: str, schedule: str) -> ml_collections.ConfigDic
         )
         steps = 30  # MAISI's rectified-flow inference (REFERENCES.md: 30 Euler steps)
     else:
-        c.diffusion.update(schedule="linear", prediction="eps", variance="fixed_small")
+        c.diffusion.update(
+            schedule="scaled_linear",
+            beta_start=0.0015,
+            beta_end=0.0195,
+            prediction="eps",
+            variance="fixed_small",
+        )
         steps = 1000  # paper 004 Sec. 3.1: 1000 denoising steps for the latent models
     c.optim.update(lr=1e-4, weight_decay=0.0, grad_clip=1.0)
     c.train.update(

@@ -68,6 +68,15 @@ __all__ = [
 def make_schedule(diffusion: Any) -> D.Schedule:
     kind = diffusion.schedule
     common = dict(prediction=diffusion.prediction)
+    # beta_start / beta_end: 0 keeps the schedule's own (DDPM's 1e-4, 0.02; SD's 0.00085,
+    # 0.012); only the beta schedules have them.
+    betas = {k: float(diffusion.get(k, 0.0)) for k in ("beta_start", "beta_end")}
+    betas = {k: v for k, v in betas.items() if v}
+    if betas and kind not in ("linear", "scaled_linear"):
+        raise InputError(
+            f"diffusion.{next(iter(betas))} applies to linear / scaled_linear betas, not to "
+            f"diffusion.schedule={kind!r}"
+        )
     if kind == "rectified_flow":
         return D.rectified_flow(diffusion.num_timesteps, shift=diffusion.shift, **common)
     makers = {"linear": D.linear, "cosine": D.cosine, "scaled_linear": D.scaled_linear}
@@ -75,7 +84,7 @@ def make_schedule(diffusion: Any) -> D.Schedule:
         raise InputError(
             f"diffusion.schedule must be one of {[*makers, 'rectified_flow']}, got {kind!r}"
         )
-    return makers[kind](diffusion.num_timesteps, variance=diffusion.variance, **common)
+    return makers[kind](diffusion.num_timesteps, variance=diffusion.variance, **betas, **common)
 
 
 class DiffusionTask:
@@ -199,6 +208,7 @@ class DiffusionTask:
             cond_drop_prob=drop,
             weighting=self.diffusion.weighting or None,
             t_distribution=self.diffusion.t_distribution,
+            distance=self.diffusion.get("loss", "mse"),
         )
 
     def preview(self, params: dict, frozen: dict, batch: dict, key: jax.Array, num: int):
@@ -235,23 +245,48 @@ class VAETask:
     """Trains the AutoencoderKL of a latent model: L1 reconstruction + kl_weight * KL
     (Rombach et al. 2022 without the perceptual and adversarial terms).
 
-    metrics: loss, l1, kl and latent_std, the std of the batch's unscaled latent means:
-    1 / latent_std is the vae.scaling_factor for a latent model on this VAE (LDM's rule;
-    jaxcf.models.vae.estimate_scaling_factor)."""
+    vae_loss.mask_weight (default 0, off) adds that much L1 weight on the voxels of the
+    batch's lesion mask (batch["seg"] > 0): the L1 becomes mean(w |recon - x|) with
+    w = 1 + mask_weight * mask. A few lesion voxels carry almost none of the mean L1, so a
+    plainly trained autoencoder blurs them away and a latent model on it can never draw
+    them (measured on 32^3 MS phantoms: 108.8 lesion voxels in, 0.5 out); MS datasets
+    ship the masks this needs.
+
+    metrics: loss, l1 (unweighted, comparable across mask weights), kl and latent_std, the
+    std of the batch's unscaled latent means: 1 / latent_std is the vae.scaling_factor for
+    a latent model on this VAE (LDM's rule; jaxcf.models.vae.estimate_scaling_factor)."""
 
     def __init__(self, config: Any, key: jax.Array):
         self.config = config
         self.apply, params = models.build(config.model, key)
         self.params, self.frozen = {"model": params}, {}
         self.kl_weight = float(config.vae_loss.kl_weight)
+        self.mask_weight = float(config.vae_loss.get("mask_weight", 0.0))
+        if self.mask_weight < 0:
+            raise InputError(f"vae_loss.mask_weight must be >= 0, got {self.mask_weight}")
 
     def loss(self, params: dict, frozen: dict, batch: dict, key: jax.Array):
         x = batch["image"]
         recon, mean, logvar = self.apply(params["model"], x, key=key)
-        l1 = jnp.mean(jnp.abs(recon - x))
+        error = jnp.abs(recon - x)
+        l1 = jnp.mean(error)
+        metrics = {"l1": l1}
+        if self.mask_weight:
+            if "seg" not in batch:
+                raise InputError(
+                    f"vae_loss.mask_weight={self.mask_weight} needs lesion masks: the batch "
+                    f"has no 'seg' field (it has {sorted(batch)})"
+                )
+            mask = (batch["seg"] > 0).astype(error.dtype)[..., None]
+            fit = jnp.mean((1.0 + self.mask_weight * mask) * error)
+            metrics["l1_mask"] = jnp.sum(mask * error) / jnp.maximum(
+                jnp.sum(mask) * error.shape[-1], 1.0
+            )
+        else:
+            fit = l1
         kl = jnp.mean(vae_models.kl_divergence(mean, logvar)) / np.prod(x.shape[1:])
-        loss = l1 + self.kl_weight * kl
-        return loss, {"loss": loss, "l1": l1, "kl": kl, "latent_std": jnp.std(mean)}
+        loss = fit + self.kl_weight * kl
+        return loss, {"loss": loss, **metrics, "kl": kl, "latent_std": jnp.std(mean)}
 
     def preview(self, params: dict, frozen: dict, batch: dict, key: jax.Array, num: int):
         recon, _, _ = self.apply(params["model"], batch["image"][:num])

@@ -5,8 +5,12 @@ Fast tests: shapes and input errors, state-dict round trips in both key layouts 
 and single-file SD), missing / unexpected keys named in the error, attention maps for
 every self- and cross-attention with their shapes and names, an AttentionEdit from
 `control` changing the output, the context mask, SD 1.5's parameter count (built
-abstractly). `ref` tests: parity with a random small diffusers UNet2DConditionModel
-(from a save_pretrained folder, a pipeline folder's unet/, a bare safetensors file and a
+abstractly through jaxcf.models, once for all tests). The registry family "sd_unet":
+flat fields and presets, params filled by the converter giving SDUNet's outputs through
+apply_fn, attention maps by the registry's route named as the control saw them, edits
+through apply_fn, input errors, and DDIM with classifier-free guidance.
+`ref` tests: parity with a random small diffusers UNet2DConditionModel (from a
+save_pretrained folder, a pipeline folder's unet/, a bare safetensors file and a
 single-file SD checkpoint), its attention probabilities, diffusers' own single-file
 converter, and SD 1.5's full key table and parameter count on torch's meta device.
 
@@ -24,6 +28,7 @@ parameters are redrawn with larger scales (weights 0.3, biases 0.1, norm scales
 
 import dataclasses
 import functools
+import inspect
 import json
 
 import jax
@@ -33,6 +38,8 @@ import pytest
 from flax import nnx
 from safetensors.numpy import save_file
 
+from jaxcf import diffusion as D
+from jaxcf import models
 from jaxcf.convert.common import CheckpointError
 from jaxcf.convert.diffusers_unet import (
     LDM_PREFIX,
@@ -41,11 +48,20 @@ from jaxcf.convert.diffusers_unet import (
     ldm_key,
     ldm_names,
     load_sd_unet,
+    sd_unet_params,
     sd_unet_state_dict,
 )
 from jaxcf.errors import InputError
 from jaxcf.models.layers import AttentionEdit
-from jaxcf.models.sd_unet import SD15, SDUNet, SDUNetConfig, param_count, select_maps
+from jaxcf.models.sd_unet import (
+    SD15,
+    SDUNet,
+    SDUNetConfig,
+    SDUNetDenoiser,
+    param_count,
+    sd_unet_config,
+    select_maps,
+)
 
 ATOL = 1e-4  # float32 parity, see the module docstring
 SD15_PARAMS = 859_520_964  # diffusers' UNet2DConditionModel for runwayml/stable-diffusion-v1-5
@@ -130,7 +146,11 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def sd15_abstract():
-    return nnx.eval_shape(lambda: SDUNet(SD15, rngs=nnx.Rngs(0)))
+    """SD 1.5 built abstractly through the registry family (an SDUNet subclass with SDUNet's
+    parameters), as models.abstract_params does: one ~9 s build serves the SDUNet and the
+    registry tests."""
+    config = {"family": "sd_unet", "preset": "sd15"}
+    return nnx.eval_shape(lambda: models.build_module(config, jax.random.key(0)))
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -161,8 +181,11 @@ def test_shapes_timesteps_and_input_errors(tiny):
 
 
 def test_sd15_parameter_count(sd15_abstract):
-    """SD 1.5's full config, built abstractly (nothing materialised): diffusers' count."""
+    """SD 1.5's full config, built abstractly (nothing materialised): diffusers' count, for
+    the module and for the registry's abstract params (nnx.split of the same build)."""
+    assert type(sd15_abstract) is SDUNetDenoiser and sd15_abstract.config == SD15
     assert param_count(sd15_abstract) == SD15_PARAMS
+    assert models.param_count(nnx.split(sd15_abstract)[1]) == SD15_PARAMS
     leaves = jax.tree.leaves(nnx.state(sd15_abstract, nnx.Param))
     assert all(isinstance(x, jax.ShapeDtypeStruct) and x.dtype == jnp.float32 for x in leaves)
     # diffusers' attention_head_dim=8 means 8 heads per layer, whatever the width
@@ -351,6 +374,147 @@ def test_sd15_key_table_covers_the_model(sd15_abstract):
     paths = {p for _, p, _ in table}
     leaves = nnx.to_flat_state(nnx.state(sd15_abstract, nnx.Param))
     assert {tuple(p) for p, _ in leaves} == paths
+
+
+# --- the models.build family "sd_unet" ----------------------------------------------------------
+
+FAMILY = {"family": "sd_unet", "preset": "tiny"}
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("control", "return_attention"))
+def apply(apply_fn, params, x, t, cond, control=None, return_attention=False):
+    """The registry's apply_fn compiled whole (apply_fn is hashable: a static argument)."""
+    return apply_fn(params, x, t, cond, control=control, return_attention=return_attention)
+
+
+@pytest.fixture(scope="module")
+def family(tiny):
+    """The "tiny" preset through models.build, its params filled by the converter from the
+    state dict of `tiny` (an SDUNet of the same config, parameters redrawn)."""
+    apply_fn, params = models.build(FAMILY, jax.random.key(1))
+    return apply_fn, sd_unet_params(sd_unet_state_dict(tiny), params, sd_unet_config(FAMILY))
+
+
+def test_family_fields_are_the_config_fields():
+    """Model config fields are SDUNetConfig's (plus dtype); the presets are configs; a
+    field overrides its preset, an unknown one is named."""
+    fields = {f.name for f in dataclasses.fields(SDUNetConfig)}
+    accepted = set(inspect.signature(SDUNetDenoiser.__init__).parameters)
+    assert accepted - {"self", "rngs", "dtype", "remat"} == fields
+    assert sd_unet_config(FAMILY) == TINY
+    assert sd_unet_config({"family": "sd_unet", "preset": "sd15"}) == SD15
+    assert sd_unet_config({"family": "sd_unet"}) == SD15  # the constructor's defaults
+    sd21 = sd_unet_config({"family": "sd_unet", "preset": "sd21"})
+    assert sd21.heads == (5, 10, 20, 20) and sd21.cross_attention_dim == 1024
+    wider = sd_unet_config({**FAMILY, "block_out_channels": [64, 64], "layers_per_block": 2})
+    assert wider == dataclasses.replace(TINY, block_out_channels=(64, 64), layers_per_block=2)
+    with pytest.raises(InputError, match=r"unknown field\(s\) \['heads'\]"):
+        models.build({**FAMILY, "heads": 4}, jax.random.key(0))
+    with pytest.raises(InputError, match="not divisible into 3 heads"):
+        models.build({**FAMILY, "attention_head_dim": 3}, jax.random.key(0))
+    with pytest.raises(InputError, match="remat is not implemented"):
+        models.build({**FAMILY, "remat": True}, jax.random.key(0))
+    with pytest.raises(InputError, match="must be 'sd_unet'"):
+        sd_unet_config({"family": "unet", "preset": "tiny2d"})
+
+
+def test_family_params_from_the_converter(tiny, family):
+    """models.build's params filled from an SDUNet's state dict give the SDUNet's outputs
+    through apply_fn (context mask included), and give that state dict back."""
+    apply_fn, params = family
+    x, t, context = inputs()
+    mask = jnp.ones((2, 7), bool).at[1, 4:].set(False)
+    out = apply(apply_fn, params, x, t, {"context": context, "context_mask": mask})
+    want = forward(tiny, x, t, context, mask)
+    assert out.shape == (2, 8, 8, 4) and out.dtype == jnp.float32
+    assert max_diff(out, want) <= 1e-5  # the same float32 graph: measured 0.0
+    assert max_diff(forward(tiny, x, t, context), want) > 1e-3  # the mask is seen
+    back = sd_unet_state_dict(nnx.merge(apply_fn.graphdef, params))
+    theirs = sd_unet_state_dict(tiny)
+    assert set(back) == set(theirs)
+    assert all(np.array_equal(back[k], theirs[k]) for k in theirs)
+
+
+def test_family_attention_maps_through_the_registry(tiny, family):
+    """return_attention through apply_fn: the maps of the layers whose control asked for
+    them (return_probs=True), named as the control saw them, equal to SDUNet's own."""
+    apply_fn, params = family
+    x, t, context = inputs()
+    seen = []
+
+    def cross_maps(name, kind, shape):
+        seen.append((name, kind, shape))
+        return AttentionEdit(return_probs=True) if kind == "cross" else None
+
+    out, maps = apply(
+        apply_fn, params, x, t, {"context": context}, control=cross_maps, return_attention=True
+    )
+    want_out, want_maps = forward(tiny, x, t, context, return_attention=True)
+    assert len(seen) == 8  # every attention asked once (at trace time)
+    asked = {name for name, kind, _ in seen if kind == "cross"}
+    assert set(maps) == asked == {f"{layer}.attn2" for layer in TRANSFORMER_LAYERS}
+    for name in asked:
+        assert maps[name].shape == want_maps[name].shape, name
+        assert max_diff(maps[name], want_maps[name]) <= 1e-5, name
+    assert max_diff(out, want_out) <= 1e-5
+    with pytest.raises(InputError, match="needs a control"):
+        apply_fn(params, x, t, {"context": context}, return_attention=True)
+
+
+def test_family_control_edits_change_the_output(family):
+    """An edit returned by the control changes apply_fn's output; a control answering None
+    is the plain model; without return_attention apply_fn returns the prediction alone."""
+    apply_fn, params = family
+    x, t, context = inputs()
+    cond = {"context": context}
+    plain = apply(apply_fn, params, x, t, cond)
+
+    def log_only(name, kind, shape):
+        return None
+
+    assert max_diff(apply(apply_fn, params, x, t, cond, control=log_only), plain) == 0.0
+    scale = jnp.ones((7,)).at[3].set(5.0)
+
+    def amplify_token_3(name, kind, shape):
+        if kind == "cross":
+            return AttentionEdit(prob_scale=scale, renormalize=True)
+        return None
+
+    edited = apply(apply_fn, params, x, t, cond, control=amplify_token_3)
+    assert isinstance(edited, jax.Array) and edited.shape == plain.shape
+    assert max_diff(edited, plain) > 1e-2
+
+
+def test_family_input_errors(family):
+    apply_fn, params = family
+    x, t, context = inputs()
+    with pytest.raises(InputError, match=r"cond must hold the prompt's tokens.*got None"):
+        apply_fn(params, x, t, None)
+    with pytest.raises(InputError, match=r"\(B, L, 32\).*got \['label'\]"):
+        apply_fn(params, x, t, {"label": jnp.zeros((2,), jnp.int32)})
+    with pytest.raises(InputError, match="no class conditioning"):
+        apply_fn(params, x, t, {"context": context, "label": jnp.zeros((2,), jnp.int32)})
+    with pytest.raises(InputError, match=r"context must be \(B, L, 32\)"):
+        apply_fn(params, x, t, {"context": context[..., :16]})
+
+
+def test_family_samples_with_classifier_free_guidance(family):
+    """The family as a sampler's model_fn: DDIM on SD's schedule with classifier-free
+    guidance (one forward on the doubled batch), a zero-token null condition."""
+    apply_fn, params = family
+    x, _, context = inputs()
+    cond = {"context": context, "context_mask": jnp.ones((2, 7), bool)}
+    null = {"context": jnp.zeros((1, 7, 32)), "context_mask": jnp.ones((1, 7), bool)}
+    sched = D.scaled_linear()
+
+    @jax.jit
+    def sample(params, w):
+        guided = D.classifier_free_guidance(functools.partial(apply_fn, params), w, null)
+        return D.ddim_sample(guided, sched, x, num_steps=2, cond=cond)
+
+    cond_only, uncond_only = sample(params, 1.0), sample(params, 0.0)
+    assert cond_only.shape == x.shape and bool(jnp.all(jnp.isfinite(cond_only)))
+    assert max_diff(cond_only, uncond_only) > 1e-3  # the prompt tokens reach the sample
 
 
 # --- parity with diffusers (ref) ----------------------------------------------------------------

@@ -4,7 +4,8 @@
     model_fn = functools.partial(apply_fn, params)      # a sampler's model_fn(x_t, t, cond)
 
 `model_config` (an ml_collections.ConfigDict or a dict) has `family` ("unet", "wdm",
-"dit", "vae", or "densenet": a classifier, apply_fn(params, x) -> logits), an optional
+"dit", "sd_unet": Stable Diffusion's latent UNet, "vae", or "densenet": a classifier,
+apply_fn(params, x) -> logits), an optional
 `preset` name from that family's PRESETS, `dtype` (compute dtype: "float32" or
 "bfloat16"; parameters stay float32), `remat`, and any constructor argument, which
 overrides the preset (a field set to None keeps the preset's value).
@@ -32,6 +33,7 @@ FAMILIES = {
     "unet": ("jaxcf.models.unet", "UNet"),
     "wdm": ("jaxcf.models.wdm", "UNet"),
     "dit": ("jaxcf.models.dit", "DiT"),
+    "sd_unet": ("jaxcf.models.sd_unet", "SDUNetDenoiser"),
     "vae": ("jaxcf.models.vae", "AutoencoderKL"),
     "densenet": ("jaxcf.models.densenet", "DenseNet"),
 }
@@ -108,7 +110,8 @@ def attention_maps(captured: nnx.State) -> dict[str, jax.Array]:
     collected (a layer called twice gets a ".1" suffix on its second map)."""
     maps = {}
     for path, value in nnx.to_flat_state(captured):
-        # Named as the control saw the layer: "down.2.attn", "blocks.0", "blocks.0.cross".
+        # Named as the control saw the layer: "down.2.attn", "blocks.0", "blocks.0.cross",
+        # "down_blocks.0.attentions.0.transformer_blocks.0.attn2" (sd_unet).
         name = ".".join(str(p) for p in path)
         name = name.replace(".cross_attention_probs", ".cross").removesuffix(".attention_probs")
         sown = value.get_value() if hasattr(value, "get_value") else value

@@ -25,6 +25,11 @@ return_attention=True records every layer's (B, heads, h*w, K) probabilities.
 
 Parameters are float32; `dtype` is the compute dtype of convs and dense layers (None:
 float32); norms and softmax run in float32; the output is float32.
+
+As a jaxcf denoiser, `jaxcf.models.build({"family": "sd_unet", "preset": "sd15"}, key)`
+builds :class:`SDUNetDenoiser` (presets in PRESETS: "sd15", "sd21", "tiny"; fields are
+SDUNetConfig's): apply_fn(params, x, t, {"context": ..., "context_mask": ...}) with the
+same parameters, so the converter fills them, and the registry's attention maps.
 """
 
 from __future__ import annotations
@@ -195,7 +200,14 @@ SD15 = SDUNetConfig()
 
 class Attention(nnx.Module):
     """diffusers' Attention as SD uses it: to_q / to_k / to_v without bias, to_out with
-    bias; scale 1 / sqrt(head width); heads split as (heads, width) along channels."""
+    bias; scale 1 / sqrt(head width); heads split as (heads, width) along channels.
+
+    sow_maps (static; set by :class:`SDUNetDenoiser`): sow the probabilities of an edit
+    with return_probs=True as nnx.Intermediate "attention_probs", the registry's way
+    (jaxcf.models.registry.attention_maps) of collecting maps under nnx.capture.
+    """
+
+    sow_maps: bool = False
 
     def __init__(
         self, dim: int, context_dim: int, heads: int, *, dtype: Dtype = None, rngs: nnx.Rngs
@@ -215,6 +227,8 @@ class Attention(nnx.Module):
         split = lambda a: a.reshape((*a.shape[:2], self.heads, -1))  # (B, N, heads, width)
         q, k, v = split(self.to_q(x)), split(self.to_k(context)), split(self.to_v(context))
         out, probs = L.attention(q, k, v, edit)
+        if self.sow_maps and probs is not None and edit.return_probs:
+            self.sow(nnx.Intermediate, "attention_probs", probs)
         return self.to_out(out.reshape((*x.shape[:2], -1))), probs
 
 
@@ -474,6 +488,139 @@ class SDUNet(nnx.Module):
         return (out, record) if return_attention else out
 
 
+# --- the jaxcf.models.build family ("sd_unet") ------------------------------------------------
+
+
+class SDUNetDenoiser(SDUNet):
+    """SDUNet as the registry family "sd_unet": built from SDUNetConfig's fields as flat
+    keyword arguments (defaults: SD 1.5), called as every jaxcf denoiser,
+
+        model(x, t, cond, *, rngs=None, control=None) -> eps (B, H, W, C_out) float32
+
+    with cond {"context": (B, L, D), "context_mask": (B, L) (optional)}. The parameters
+    are SDUNet's, path for path, so jaxcf.convert.diffusers_unet fills them
+    (`sd_unet_params(state, params, module.config)`). Attention maps leave by the registry's
+    route: the layers whose control returns an AttentionEdit with return_probs=True sow
+    their probabilities, and `apply_fn(..., control=c, return_attention=True)` names them
+    as the control saw them (`down_blocks.0.attentions.0.transformer_blocks.0.attn2`: the
+    sow path `<layer>.attn2.attention_probs` less its suffix). rngs is accepted for the
+    contract and unused (SD's UNet has no dropout at inference).
+
+    Note the call signature differs from SDUNet's (cond dict instead of context): an
+    SDUNetDenoiser is an SDUNet for the converter and inspection, not for SDUNet's callers.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = SD15.in_channels,
+        out_channels: int = SD15.out_channels,
+        sample_size: int = SD15.sample_size,
+        block_out_channels: tuple[int, ...] = SD15.block_out_channels,
+        down_block_types: tuple[str, ...] = SD15.down_block_types,
+        up_block_types: tuple[str, ...] = SD15.up_block_types,
+        layers_per_block: int = SD15.layers_per_block,
+        cross_attention_dim: int = SD15.cross_attention_dim,
+        attention_head_dim: int | tuple[int, ...] = SD15.attention_head_dim,
+        num_attention_heads: int | tuple[int, ...] | None = SD15.num_attention_heads,
+        transformer_layers_per_block: int | tuple[int, ...] = SD15.transformer_layers_per_block,
+        norm_num_groups: int = SD15.norm_num_groups,
+        norm_eps: float = SD15.norm_eps,
+        use_linear_projection: bool = SD15.use_linear_projection,
+        flip_sin_to_cos: bool = SD15.flip_sin_to_cos,
+        freq_shift: float = SD15.freq_shift,
+        dtype: Dtype = None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        # Every training config carries model.remat (False by default); recomputing SD's
+        # blocks in the backward pass is not implemented yet, so asking for it is refused.
+        if remat:
+            raise InputError("model.remat is not implemented for the sd_unet family yet")
+        fields = dict(locals())
+        config = SDUNetConfig(**{f.name: fields[f.name] for f in dataclasses.fields(SDUNetConfig)})
+        super().__init__(config, dtype=dtype, rngs=rngs)
+        for _, module in nnx.iter_modules(self):
+            if isinstance(module, Attention):
+                module.sow_maps = True
+
+    def __call__(  # type: ignore[override]
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        cond: Mapping[str, jax.Array] | None,
+        *,
+        rngs: nnx.Rngs | None = None,
+        control: L.AttentionControl | None = None,
+    ) -> jax.Array:
+        """x (B, H, W, C_in), t (B,) or a scalar, cond {"context": (B, L, D),
+        "context_mask": (B, L)} -> (B, H, W, C_out) float32."""
+        del rngs  # no dropout
+        if cond is None or cond.get("context") is None:
+            got = None if cond is None else sorted(cond)
+            raise InputError(
+                "sd_unet: cond must hold the prompt's tokens, {'context': (B, L, "
+                f"{self.config.cross_attention_dim}), 'context_mask': (B, L)}}; got {got}"
+            )
+        if cond.get("label") is not None:
+            raise InputError(
+                "sd_unet: cond['label'] given to the SD UNet, which has no class conditioning"
+            )
+        return super().__call__(
+            x, t, cond["context"], context_mask=cond.get("context_mask"), control=control
+        )
+
+
+def sd_unet_config(model_config: Any) -> SDUNetConfig:
+    """The SDUNetConfig of an "sd_unet" model config (preset and overrides applied), e.g.
+    to convert a checkpoint into `models.build(model_config, key)`'s params."""
+    from jaxcf.models.registry import model_kwargs  # the registry imports this module lazily
+
+    family, kwargs = model_kwargs(model_config)
+    if family != "sd_unet":
+        raise InputError(f"sd_unet_config: model.family must be 'sd_unet', got {family!r}")
+    kwargs.pop("dtype", None)
+    kwargs.pop("remat", None)
+    return SDUNetConfig(**kwargs)
+
+
+def _preset(config: SDUNetConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+# The registry's presets (model config fields are SDUNetConfig's).
+PRESETS: dict[str, dict[str, Any]] = {
+    # runwayml/stable-diffusion-v1-5 (1.1-1.4 share it): 859,520,964 parameters.
+    "sd15": _preset(SD15),
+    # stabilityai/stable-diffusion-2-1 (768 px, v-prediction; 2-base has sample_size 64):
+    # per-block heads of width 64, OpenCLIP ViT-H/14 context of width 1024, linear
+    # proj_in / proj_out; 865,910,724 parameters (diffusers' count on torch's meta device).
+    # Its upcast_attention holds in float32 compute; see SDUNetConfig.from_diffusers.
+    "sd21": _preset(
+        dataclasses.replace(
+            SD15,
+            sample_size=96,
+            attention_head_dim=(5, 10, 20, 20),
+            cross_attention_dim=1024,
+            use_linear_projection=True,
+        )
+    ),
+    # CPU tests: two levels, cross-attention at the top one (2 heads of 16), 8x8 latents.
+    "tiny": _preset(
+        SDUNetConfig(
+            sample_size=8,
+            block_out_channels=(32, 64),
+            down_block_types=(CROSS_DOWN, PLAIN_DOWN),
+            up_block_types=(PLAIN_UP, CROSS_UP),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=2,
+            norm_num_groups=8,
+        )
+    ),
+}
+
+
 def select_maps(
     maps: Mapping[str, jax.Array],
     *,
@@ -501,13 +648,16 @@ def param_count(model: nnx.Module) -> int:
 
 
 __all__ = [
+    "PRESETS",
     "SD15",
     "Attention",
     "BasicTransformerBlock",
     "FeedForward",
     "SDUNet",
     "SDUNetConfig",
+    "SDUNetDenoiser",
     "Transformer2D",
     "param_count",
+    "sd_unet_config",
     "select_maps",
 ]

@@ -35,7 +35,8 @@ def parse(name: str, *overrides: str):
 def model_shape(config) -> tuple[int, int]:
     """(spatial size, input channels) the model is built with, its preset included."""
     _, kwargs = registry.model_kwargs(config.model)
-    return kwargs.get("image_size", kwargs.get("input_size")), kwargs["in_channels"]
+    size = kwargs.get("image_size", kwargs.get("input_size", kwargs.get("sample_size")))
+    return size, kwargs["in_channels"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -334,6 +334,57 @@ def sd_unet_state_dict(model: SDUNet, layout: str = "diffusers") -> dict[str, np
     }
 
 
+# What a config.json must agree on with the network it is loaded into: the fields that
+# leave no trace in the tensor shapes (heads, norms, the time embedding) and the rest, which
+# the shapes would catch less legibly. sample_size (a default latent side) does not matter.
+_SAME_NETWORK = (
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "down_block_types",
+    "up_block_types",
+    "layers_per_block",
+    "cross_attention_dim",
+    "heads",
+    "depths",
+    "norm_num_groups",
+    "norm_eps",
+    "use_linear_projection",
+    "flip_sin_to_cos",
+    "freq_shift",
+)
+
+
+def load_sd_unet_params(
+    path: str | os.PathLike, params: nnx.State, config: SDUNetConfig
+) -> nnx.State:
+    """Fill `params` (nnx.state of an SDUNet(config) or of the registry's "sd_unet" family,
+    concrete or abstract) from a checkpoint file or folder (see the module docstring), e.g.
+    to fine-tune SD 1.5 (jaxcf.models.pretrained). A diffusers folder's config.json must
+    describe `config`'s network (head counts and norms leave no trace in the shapes):
+    fields that differ raise CheckpointError naming the file, as do missing, unexpected or
+    misshapen tensors."""
+    folder = pathlib.Path(path)
+    file = resolve_checkpoint(folder, DIFFUSERS_WEIGHT_FILES, subfolders=("unet",))
+    state = load_state_dict(file)
+    layout = detect_layout(state, str(file))
+    hf = read_hf_config(file.parent) if folder.is_dir() else None
+    if hf is not None:
+        where = file.parent / "config.json"
+        try:
+            theirs = SDUNetConfig.from_diffusers(hf)
+        except (InputError, TypeError) as err:
+            raise CheckpointError(f"{where}: {err}") from None
+        differ = [
+            f"{name} {getattr(theirs, name)!r} there, {getattr(config, name)!r} in the model"
+            for name in _SAME_NETWORK
+            if getattr(theirs, name) != getattr(config, name)
+        ]
+        if differ:
+            raise CheckpointError(f"{where}: another UNet: {'; '.join(differ)}")
+    return sd_unet_params(state, params, config, layout=layout, source=str(file))
+
+
 def load_sd_unet(
     path: str | os.PathLike, config: SDUNetConfig | None = None, *, dtype: Any = None
 ) -> tuple[SDUNet, SDUNetConfig]:
@@ -377,6 +428,7 @@ __all__ = [
     "ldm_key",
     "ldm_names",
     "load_sd_unet",
+    "load_sd_unet_params",
     "sd_unet_params",
     "sd_unet_state_dict",
 ]

@@ -29,6 +29,7 @@ METHODS: dict[str, str] = {
     "diffscm": "jaxcf.counterfactual.diffscm",
     "promptable": "jaxcf.counterfactual.promptable",
     "prompt_swap": "jaxcf.counterfactual.prompt_swap",
+    "attention": "jaxcf.counterfactual.attention",
 }
 
 REQUIRED = ("LABEL", "default_config", "build")

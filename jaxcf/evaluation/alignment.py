@@ -205,7 +205,8 @@ def load_classifier(workdir: str | pathlib.Path, *, step: int | None = None) -> 
     try:
         if checkpoints.latest_step is None:
             raise FileNotFoundError(f"{workdir}: no checkpoint in {checkpoints.directory}")
-        task = ClassifierTask(config, jax.random.key(int(config.train.get("seed", 0))))
+        key = jax.random.key(int(config.train.get("seed", 0)))
+        task = ClassifierTask(config, key, restoring=True)  # its weights: the checkpoint's
         wanted = {"step": jax.ShapeDtypeStruct((), "int32"), "ema": abstract_like(task.params)}
         try:
             restored = checkpoints.restore_subtrees(wanted, step)

@@ -2,8 +2,10 @@
 DenseNet classifier.
 
 apply_fn, params = jaxcf.models.build(model_config, key)
+apply_fn, params = jaxcf.models.build_pretrained(model_config, key)   # model.checkpoint's weights
 """
 
+from jaxcf.models.pretrained import LOADERS, build_pretrained
 from jaxcf.models.registry import (
     FAMILIES,
     abstract_params,
@@ -19,11 +21,13 @@ from jaxcf.models.registry import (
 
 __all__ = [
     "FAMILIES",
+    "LOADERS",
     "abstract_params",
     "attention_maps",
     "build",
     "build_abstract",
     "build_module",
+    "build_pretrained",
     "forward_flops",
     "model_kwargs",
     "param_count",

@@ -8,7 +8,9 @@
 apply_fn(params, x) -> logits), an optional
 `preset` name from that family's PRESETS, `dtype` (compute dtype: "float32" or
 "bfloat16"; parameters stay float32), `remat`, and any constructor argument, which
-overrides the preset (a field set to None keeps the preset's value).
+overrides the preset (a field set to None keeps the preset's value). `checkpoint` is not
+a constructor argument: jaxcf.models.pretrained reads it (converted pretrained weights to
+start training from).
 The module is split once with nnx.split; apply_fn merges it inside whatever jit it runs
 under, so it is a pure function of (params, inputs).
 """
@@ -38,7 +40,7 @@ FAMILIES = {
     "densenet": ("jaxcf.models.densenet", "DenseNet"),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_NOT_KWARGS = ("family", "preset")
+_NOT_KWARGS = ("family", "preset", "checkpoint")
 
 
 def _as_dict(config: Any) -> dict:

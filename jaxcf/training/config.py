@@ -45,8 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = default_data_config()
 
     # jaxcf.models.build: family, preset and constructor arguments overriding the preset.
+    # checkpoint: pretrained weights a fresh run starts from (jaxcf.models.pretrained: the
+    # family's converter, e.g. SD 1.5's unet/ folder for sd_unet); "" = a random init.
     c.model = ml_collections.ConfigDict(
-        {"family": "unet", "preset": "tiny2d", "dtype": "float32", "remat": False}
+        {"family": "unet", "preset": "tiny2d", "dtype": "float32", "remat": False, "checkpoint": ""}
     )
 
     # Prompt encoder for diffusion.condition = "prompt" (vocab_size 0: from the data's

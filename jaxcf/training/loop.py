@@ -154,7 +154,15 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
         if config.text.encoder == "tower" and not config.text.get("data_vocab"):
             config.text.data_vocab = training_data.vocabulary(data_config)
         config.text.max_len = config.text.max_len or int(data_config.prompt_max_len)
-    task = make_task(config, jax.random.key(train.seed))
+    checkpoints = Checkpoints(workdir, keep=train.keep_checkpoints)
+    # A resumed run restores its own weights: model.checkpoint (pretrained weights a fresh
+    # run starts from) is not read again.
+    resuming = checkpoints.latest_step is not None
+    try:
+        task = make_task(config, jax.random.key(train.seed), restoring=resuming)
+    except BaseException:
+        checkpoints.close()  # e.g. a model.checkpoint that does not fit: one clear error
+        raise
     optimizer = make_optimizer(config.optim, train.num_steps)
     state = init_state(task, optimizer)
     shardings = parallel.state_shardings(state, mesh)
@@ -163,9 +171,8 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict:
     # their own paths (vae.checkpoint, text.file), on a fresh start and on resume alike.
     frozen = parallel.put_replicas(task.frozen, parallel.state_shardings(task.frozen, mesh))
 
-    checkpoints = Checkpoints(workdir, keep=train.keep_checkpoints)
     start = 0
-    if checkpoints.latest_step is not None:
+    if resuming:
         state, data_state = restore_latest(checkpoints, abstract_like(state, shardings))
         iterator.set_state(data_state["iterator"])
         start = int(state.step)

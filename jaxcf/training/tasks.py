@@ -23,11 +23,14 @@ task.space / task.condition / task.target are the chosen names (strings).
 
 Weights: task.params holds what is trained ({"model", "text" for a trainable prompt
 encoder}); task.frozen what is used but never trained ({"vae"} of latent models, {"text"}
-of embeddings read from text.file). Frozen weights are not part of the training state nor
-of its checkpoints: building the task loads them from their own paths (vae.checkpoint,
-text.file) every time: at the start of training, when it resumes and at inference. An
-untrained smoke-run VAE (vae.allow_untrained, empty vae.checkpoint) is initialised from
-the task's key, i.e. from train.seed, so every rebuild gives the same weights.
+of embeddings read from text.file). model.checkpoint (empty by default) holds pretrained
+weights (converted by the family's loader, jaxcf.models.pretrained) that params["model"]
+starts from instead of a random draw; it is read when a run starts, not when it resumes.
+Frozen weights are not part of the training state nor of its checkpoints: building the task
+loads them from their own paths (vae.checkpoint, text.file) every time: at the start of
+training, when it resumes and at inference. An untrained smoke-run VAE
+(vae.allow_untrained, empty vae.checkpoint) is initialised from the task's key, i.e. from
+train.seed, so every rebuild gives the same weights.
 
 Samplers run the prompt encoder once, not at every step: prepare_cond(params, frozen,
 cond) encodes a condition, and model_fn passes an encoded condition straight through.
@@ -90,9 +93,10 @@ def make_schedule(diffusion: Any) -> D.Schedule:
 class DiffusionTask:
     """Trains a denoiser (config.model) with diffusion_loss; see the module docstring.
 
-    restoring: the trained weights are about to be restored from a checkpoint (inference);
-    frozen networks are still loaded from their paths, and an empty vae.checkpoint is not
-    refused (the run that wrote the checkpoint already accepted it)."""
+    restoring: the trained weights are about to be restored from a checkpoint (inference,
+    a resumed run); frozen networks are still loaded from their paths, an empty
+    vae.checkpoint is not refused (the run that wrote the checkpoint already accepted it),
+    and model.checkpoint (pretrained weights a fresh run starts from) is not read."""
 
     def __init__(self, config: Any, key: jax.Array, *, restoring: bool = False):
         # The same three keys as ever: the same seed gives the same initial weights.
@@ -113,7 +117,9 @@ class DiffusionTask:
                 f"diffusion.target={self.target!r} needs diffusion.space pixel or wavelet "
                 "(the VAE of latent models encodes images)"
             )
-        self.model_apply, model_params = models.build(config.model, k_model)
+        self.model_apply, model_params = models.build_pretrained(
+            config.model, k_model, restoring=restoring
+        )
         self.space_impl, space_frozen = build_space(config, k_vae, restoring=restoring)
         self.params: dict[str, Any] = {"model": model_params, **cond_params}
         self.frozen: dict[str, Any] = {**cond_frozen, **space_frozen}
@@ -256,9 +262,9 @@ class VAETask:
     std of the batch's unscaled latent means: 1 / latent_std is the vae.scaling_factor for
     a latent model on this VAE (LDM's rule; jaxcf.models.vae.estimate_scaling_factor)."""
 
-    def __init__(self, config: Any, key: jax.Array):
+    def __init__(self, config: Any, key: jax.Array, *, restoring: bool = False):
         self.config = config
-        self.apply, params = models.build(config.model, key)
+        self.apply, params = models.build_pretrained(config.model, key, restoring=restoring)
         self.params, self.frozen = {"model": params}, {}
         self.kl_weight = float(config.vae_loss.kl_weight)
         self.mask_weight = float(config.vae_loss.get("mask_weight", 0.0))
@@ -301,9 +307,9 @@ class ClassifierTask:
     metrics: loss, accuracy (on the training batch). preview(...) returns the first `num`
     input images, as the classifier sees them: there is nothing to sample."""
 
-    def __init__(self, config: Any, key: jax.Array):
+    def __init__(self, config: Any, key: jax.Array, *, restoring: bool = False):
         self.config = config
-        self.apply, params = models.build(config.model, key)
+        self.apply, params = models.build_pretrained(config.model, key, restoring=restoring)
         self.params, self.frozen = {"model": params}, {}
         _, model_kwargs = models.model_kwargs(config.model)
         self.num_classes = int(model_kwargs.get("num_classes", 0) or 0)
@@ -337,11 +343,11 @@ def _diffusion(config: Any, key: jax.Array, restoring: bool):
 
 
 def _vae(config: Any, key: jax.Array, restoring: bool):
-    return VAETask(config, key)
+    return VAETask(config, key, restoring=restoring)
 
 
 def _classifier(config: Any, key: jax.Array, restoring: bool):
-    return ClassifierTask(config, key)
+    return ClassifierTask(config, key, restoring=restoring)
 
 
 TASKS = {"diffusion": _diffusion, "vae": _vae, "classifier": _classifier}
@@ -349,7 +355,7 @@ TASKS = {"diffusion": _diffusion, "vae": _vae, "classifier": _classifier}
 
 def make_task(config: Any, key: jax.Array, *, restoring: bool = False):
     """The task of config.train.task. restoring: the trained weights are about to be
-    restored from a checkpoint (inference); see DiffusionTask."""
+    restored from a checkpoint (inference, a resumed run); see DiffusionTask."""
     kind = config.train.task
     if kind not in TASKS:
         raise InputError(f"train.task must be one of {', '.join(TASKS)}, got {kind!r}")

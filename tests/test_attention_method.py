@@ -172,9 +172,16 @@ def test_reweighting_only_inside_the_window():
     tokens = np.zeros((B, 8), np.float32)
     tokens[:, 4] = 1.0
     extra = {k: jnp.asarray(batch[k]) for k in ("anatomy", "roi")} | {"tokens": tokens}
-    cfg = _cfg(gate=False, eta=1.5, mu=0.4, roi_blur=0.0)
+    cfg = _cfg(gate=False, eta=1.5, mu=0.4, roi_blur=0.0, window="late")  # t < mu T
     inside = A.make_control(cfg, extra, jnp.full((B,), 399), (SIZE, SIZE), 1000)
     outside = A.make_control(cfg, extra, jnp.full((B,), 400), (SIZE, SIZE), 1000)
+    early = _cfg(gate=False, eta=1.5, mu=0.4, roi_blur=0.0)  # the default: t >= (1 - mu) T
+    at_600 = A.make_control(early, extra, jnp.full((B,), 600), (SIZE, SIZE), 1000)
+    at_599 = A.make_control(early, extra, jnp.full((B,), 599), (SIZE, SIZE), 1000)
+    np.testing.assert_array_equal(at_599(CROSS, "cross", (16, 16)).prob_scale, 1.0)
+    np.testing.assert_array_equal(
+        at_600(CROSS, "cross", (16, 16)).prob_scale, inside(CROSS, "cross", (16, 16)).prob_scale
+    )
     scale_in = inside(CROSS, "cross", (16, 16)).prob_scale  # (B, 1, 256, 8)
     scale_out = outside(CROSS, "cross", (16, 16)).prob_scale
     np.testing.assert_array_equal(scale_out, 1.0)
@@ -185,7 +192,9 @@ def test_reweighting_only_inside_the_window():
     # alpha_t: zero before the window, linear from alpha down to alpha / n inside it.
     grid = D.respace(1000, 4)
     assert grid.tolist() == [750, 500, 250, 0]
-    np.testing.assert_allclose(A.step_sizes(grid, 0.4, 0.05, 1000), [0, 0, 0.05, 0.025])
+    np.testing.assert_allclose(A.step_sizes(grid, 0.4, 0.05, 1000, "late"), [0, 0, 0.05, 0.025])
+    np.testing.assert_allclose(A.step_sizes(grid, 0.4, 0.05, 1000), [0.05, 0, 0, 0])
+    np.testing.assert_allclose(A.step_sizes(grid, 0.6, 0.05, 1000), [0.05, 0.025, 0, 0])
     np.testing.assert_array_equal(A.step_sizes(grid, 0.0, 0.05, 1000), 0.0)
 
 
@@ -266,6 +275,7 @@ def test_bad_settings_name_their_field(unet):
         ({"eta": -0.1}, "eta"),
         ({"mu": 1.5}, "mu"),
         ({"mu": -0.1}, "mu"),
+        ({"window": "middle"}, "window"),
         ({"gate_axis": "rows"}, "gate_axis"),
         ({"gate_axis": "queries"}, "gate_renormalize"),
         ({"target_prompt": "no finding"}, "target_prompt"),

@@ -4,8 +4,8 @@ Attention Regulation for Anatomically Consistent Counterfactual CXR Synthesis", 
     z_T  = q_sample(Enc(x), t_start, eps)                        Eq. 2 (depth: `strength`)
     z_{t-1} = DDIM(CFG(eps_theta(z_t, t, c(y))))                 Eq. 3, with inside the UNet
       S <- S * (M_anat at the layer's size)  [self-attention]    Eq. 5 (anatomy gate)
-      A_k <- A_k * (1 + eta Omega), k pathology, t < mu T        Eq. 6 (pathology reweighting)
-    before each step with t < mu T: z_t <- z_t - alpha_t dL/dz_t  Eqs. 7-9 (energy correction)
+      A_k <- A_k * (1 + eta Omega), k pathology, t in window     Eq. 6 (pathology reweighting)
+    before each step in the window: z_t <- z_t - alpha_t dL/dz_t  Eqs. 7-9 (energy correction)
     x' = Dec(z_0);  heatmap = mean_c |x - x'|
 
 Inputs: batch {"image": (B, H, W, C) the CXR in data space, "anatomy": (B, H, W) the organ
@@ -25,9 +25,11 @@ Choices the paper leaves open, and what is done here:
     outside the organ (their features keep only the residual path); "both" keeps only
     organ-organ pairs. Renormalising is only offered with "keys": with "queries" the row
     factor cancels exactly, with "both" the rows of outside queries are all zero.
-  * Window t < mu T is read literally on the model's time axis (t = noise level in
-    training timesteps): the low-noise part of the trajectory. The paper calls it the
-    "early" window; with t counted T -> 1 those are the last steps. alpha_t decays
+  * The window "t < mu T": the paper writes it with t counted T -> 1, which literally
+    selects the last steps, yet calls it "early denoising" four times and motivates it
+    by what forms early (where a lesion goes). cfg.window = "early" (the default) reads
+    the intent: the first mu fraction of the trajectory, noise level t >= (1 - mu) T on
+    the model's time axis; "late" reads the formula literally, t < mu T. alpha_t decays
     linearly over the window's steps: alpha at its first step, alpha / n at its last.
   * The energy is differentiated through the conditional (target-prompt) UNet forward
     only, with the same Eq. 5 / 6 edits the sampler applies (Eq. 7 scores A^path).
@@ -62,6 +64,7 @@ from jaxcf.models.layers import AttentionEdit
 
 LABEL = "Attention regulation"
 GATE_AXES = ("keys", "queries", "both")
+WINDOWS = ("early", "late")
 PATHOLOGY_WORDS = (
     "opacity",
     "effusion",
@@ -100,6 +103,7 @@ def default_config() -> ml_collections.ConfigDict:
             "path_resolutions": (64, 32, 16),
             "eta": 1.5,
             "mu": 0.4,
+            "window": "early",  # early: t >= (1 - mu) T | late: t < mu T (docstring)
             "roi_blur": 1.0,  # Gaussian sigma of Omega's blur, in pixels of the latent grid
             "reweight_renormalize": False,  # Eq. 6 as written: no renormalisation
             # Eqs. 7-9: one latent correction per step inside the window
@@ -124,6 +128,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         raise InputError(f"{FIELD}.eta must be >= 0, got {cfg.eta}")
     if not 0.0 <= float(cfg.mu) <= 1.0:
         raise InputError(f"{FIELD}.mu must be in [0, 1], got {cfg.mu}")
+    if cfg.get("window", "early") not in WINDOWS:
+        raise InputError(f"{FIELD}.window must be one of {WINDOWS}, got {cfg.window!r}")
     if cfg.gate_axis not in GATE_AXES:
         raise InputError(f"{FIELD}.gate_axis must be one of {GATE_AXES}, got {cfg.gate_axis!r}")
     if cfg.gate and cfg.gate_renormalize and cfg.gate_axis != "keys":
@@ -219,14 +225,15 @@ def make_control(
 
     extra: {"anatomy": (b, H, W), "roi": (b, H, W), "tokens": (b, L) pathology flags (0
     on null-prompt rows)}; t: (b,) model times; latent_size: the diffusion variable's
-    (H', W'), which cfg.roi_blur is measured in; num_timesteps: T of the window t < mu T.
+    (H', W'), which cfg.roi_blur is measured in; num_timesteps: T of the window (in_window).
     record: a dict: ask the cross-attention layers at cfg.path_resolutions for their
     probabilities (Eq. 7's A_k) and note their (h, w) in it under the layer's name.
     reweight: overrides cfg.reweight (build turns it off when no step is in the window)."""
     gate_res = {int(r) for r in cfg.gate_resolutions}
     path_res = {int(r) for r in cfg.path_resolutions}
     reweight = bool(cfg.reweight) if reweight is None else reweight
-    in_window = (t < float(cfg.mu) * num_timesteps).astype(jnp.float32) if reweight else None
+    inside = in_window(t, float(cfg.mu), num_timesteps, cfg.get("window", "early"))
+    in_window_t = inside.astype(jnp.float32) if reweight else None
 
     def control(name: str, kind: str, spatial: tuple) -> AttentionEdit | None:
         if len(spatial) != 2:
@@ -252,10 +259,10 @@ def make_control(
             record[name] = (h, w)
         edit = AttentionEdit(return_probs=record is not None)
         if reweight:
-            # Eq. 6: A_k * (1 + eta Omega) for k in K_path, only while t < mu T.
+            # Eq. 6: A_k * (1 + eta Omega) for k in K_path, only inside the window.
             sigma = float(cfg.roi_blur) * h / latent_size[0]
             om = omega(extra["roi"], (h, w), sigma).reshape(b, h * w)
-            boost = float(cfg.eta) * in_window[:, None, None, None] * om[:, None, :, None]
+            boost = float(cfg.eta) * in_window_t[:, None, None, None] * om[:, None, :, None]
             scale = 1.0 + boost * extra["tokens"][:, None, None, :]
             edit = edit._replace(prob_scale=scale, renormalize=bool(cfg.reweight_renormalize))
         return edit
@@ -288,10 +295,21 @@ def concentration(
     return 1.0 - jnp.mean(jnp.stack(scores), 0), shown  # Eq. 8
 
 
-def step_sizes(grid: np.ndarray, mu: float, alpha: float, num_timesteps: int) -> np.ndarray:
+def in_window(t: Any, mu: float, num_timesteps: int, window: str = "early") -> Any:
+    """Whether model times t (numpy or jax) are in Eqs. 6 / 9's window (cfg.window):
+    early: t >= (1 - mu) T, the first mu of the trajectory; late: t < mu T."""
+    if window == "early":
+        return t >= (1.0 - mu) * num_timesteps
+    return t < mu * num_timesteps
+
+
+def step_sizes(
+    grid: np.ndarray, mu: float, alpha: float, num_timesteps: int, window: str = "early"
+) -> np.ndarray:
     """Eq. 9's alpha_t for each step of a descending grid: 0 outside the window
-    t < mu T, inside it linear from alpha at its first step down to alpha / n at its last."""
-    inside = np.asarray(grid) < mu * num_timesteps
+    (in_window), inside it linear from alpha at its first step down to alpha / n at its
+    last."""
+    inside = in_window(np.asarray(grid), mu, num_timesteps, window)
     n = int(inside.sum())
     out = np.zeros(len(grid), np.float32)
     out[inside] = alpha * (1.0 - np.arange(n) / max(n, 1))
@@ -377,10 +395,11 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     grid = respace(big_t, steps, str(cfg.spacing))[steps - strength_steps(steps, strength) :]
     if len(grid) == 0:
         raise InputError(f"{FIELD}.strength {strength} runs no step of {steps}")
-    alphas = step_sizes(grid, float(cfg.mu), float(cfg.alpha), big_t)
+    window = cfg.get("window", "early")
+    alphas = step_sizes(grid, float(cfg.mu), float(cfg.alpha), big_t, window)
     # No grid step inside the window: Eqs. 6 and 9 never act, so they are left out of the
     # compiled loop altogether (the UNet keeps its fused attention).
-    reweight = bool(cfg.reweight) and bool((grid < float(cfg.mu) * big_t).any())
+    reweight = bool(cfg.reweight) and bool(in_window(grid, float(cfg.mu), big_t, window).any())
     correct = bool(cfg.energy) and bool(alphas.any())
     controlled = bool(cfg.gate) or reweight
     sigma = float(cfg.roi_blur)

@@ -260,7 +260,7 @@ def test_pathology_tokens_from_the_prompt():
     # Through a text tower's re-tokenisation: each word -> its pieces (opacity: 2 pieces).
     pieces = {w: [100 + i] * (2 if w == "opacity" else 1) for i, w in enumerate(TOKENIZER.vocab)}
     retok = Retokenizer.build(TOKENIZER.vocab, pieces.__getitem__, length=10, start=1, end=2, pad=0)
-    tower = A.tower_token_mask(retok, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(flags))
+    tower = retok.spread(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(flags))
     tower_ids, _ = retok(jnp.asarray(ids), jnp.asarray(mask))
     opacity = 100 + TOKENIZER.vocab.index("opacity")
     np.testing.assert_array_equal(tower[0], np.asarray(tower_ids[0]) == opacity)

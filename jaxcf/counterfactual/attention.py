@@ -38,7 +38,7 @@ Context positions: token i of the data tokenizer's prompt is context position i 
 "trainable" prompt encoder. Text towers (text.encoder "tower", and "file" embeddings
 written by jaxcf.text.encode) re-tokenise into word pieces with a start token, so the
 positions differ; a context longer or shorter than the prompt is refused, and
-:func:`tower_token_mask` maps the flags through a `jaxcf.text.tower.Retokenizer` for
+`jaxcf.text.tower.Retokenizer.spread` maps the flags to a tower's positions for
 callers that hold one (MethodModel does not carry it yet).
 """
 
@@ -192,20 +192,6 @@ def pathology_token_mask(ids: Any, mask: Any, pathology_ids: Sequence[int]) -> A
     xp = jnp if isinstance(ids, jax.Array) else np
     hit = xp.isin(ids, xp.asarray(list(pathology_ids), dtype=xp.int32)) & mask.astype(bool)
     return hit.astype(xp.float32)
-
-
-def tower_token_mask(retokenizer: Any, ids: jax.Array, mask: jax.Array, flags: jax.Array):
-    """Data-token flags (B, L) -> the same flags at a text tower's positions (B, length):
-    each flagged word marks every word piece the Retokenizer gives it (start token at 0)."""
-    b = ids.shape[0]
-    width = retokenizer.table.shape[-1]
-    real = jnp.arange(width) < jnp.asarray(retokenizer.lengths)[ids][..., None]
-    real = (real & mask[..., None].astype(bool)).reshape(b, -1)
-    piece_flags = jnp.repeat(flags, width, axis=1).reshape(b, -1)
-    count = jnp.cumsum(real, axis=1)
-    where = jnp.where(real & (count <= retokenizer.length - 2), count, retokenizer.length)
-    out = jnp.zeros((b, retokenizer.length), jnp.float32)
-    return out.at[jnp.arange(b)[:, None], where].set(piece_flags, mode="drop")
 
 
 # --- the attention control ------------------------------------------------------------------
@@ -429,7 +415,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
             raise InputError(
                 f"the model's context has {context.shape[1]} positions but the prompt "
                 f"{tokens.shape[1]} tokens: a text tower re-tokenises, so pathology token "
-                "positions are unknown (see jaxcf.counterfactual.attention.tower_token_mask)"
+                "positions are unknown (see jaxcf.text.tower.Retokenizer.spread)"
             )
         z = model.encode(weights, x)
         latent_hw = z.shape[1:3]

@@ -77,24 +77,39 @@ class Retokenizer:
         lengths = np.array([len(r) for r in rows], np.int32)
         return cls(table, lengths, int(length), int(start), int(end), int(pad))
 
+    def _slots(self, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(where (B, L*K): the tower position of each data word piece, self.length for
+        padding and pieces past the cut (dropped by scatters); used (B,): pieces kept)."""
+        b = ids.shape[0]
+        width = self.table.shape[-1]
+        real = jnp.arange(width) < jnp.asarray(self.lengths)[ids][..., None]
+        real = (real & mask[..., None].astype(bool)).reshape(b, -1)
+        room = self.length - 2
+        count = jnp.cumsum(real, axis=1)  # the n-th real piece goes to position n
+        where = jnp.where(real & (count <= room), count, self.length)
+        return where, jnp.minimum(count[:, -1], room)
+
     def __call__(self, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         """ids, mask (B, L) of the data tokenizer -> (tower ids (B, length) int32, mask
         (B, length) bool: True on the start token, the word pieces and the end token)."""
         b = ids.shape[0]
-        pieces = jnp.asarray(self.table)[ids]  # (B, L, K)
-        width = pieces.shape[-1]
-        real = jnp.arange(width) < jnp.asarray(self.lengths)[ids][..., None]
-        real = (real & mask[..., None].astype(bool)).reshape(b, -1)
-        pieces = pieces.reshape(b, -1)
-        room = self.length - 2
-        count = jnp.cumsum(real, axis=1)  # the n-th real piece goes to position n
-        where = jnp.where(real & (count <= room), count, self.length)  # past the end: dropped
+        where, used = self._slots(ids, mask)
+        pieces = jnp.asarray(self.table)[ids].reshape(b, -1)  # (B, L*K)
         rows = jnp.arange(b)[:, None]
         out = jnp.full((b, self.length), self.pad, jnp.int32).at[:, 0].set(self.start)
         out = out.at[rows, where].set(pieces, mode="drop")
-        used = jnp.minimum(count[:, -1], room)
         out = out.at[jnp.arange(b), used + 1].set(self.end)
         return out, jnp.arange(self.length)[None] <= (used + 1)[:, None]
+
+    def spread(self, ids: jax.Array, mask: jax.Array, values: jax.Array) -> jax.Array:
+        """values (B, L) per data token -> (B, length) float32 at the tower positions of
+        each token's word pieces, 0 elsewhere (start, end, padding): e.g. which context
+        positions hold a pathology word."""
+        b = ids.shape[0]
+        where, _ = self._slots(ids, mask)
+        per_piece = jnp.repeat(values.astype(jnp.float32), self.table.shape[-1], axis=1)
+        out = jnp.zeros((b, self.length), jnp.float32)
+        return out.at[jnp.arange(b)[:, None], where].set(per_piece, mode="drop")
 
 
 @dataclasses.dataclass

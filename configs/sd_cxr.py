@@ -47,12 +47,29 @@ Variants:
         sd_unet preset tiny (widths 32, 64; cross-attention width following text.dim), a
         small trainable prompt encoder (text.encoder trainable, dim 32: no CLIP weights
         offline), 10 steps (tests/test_sd_cxr.py trains 2).
+  phantom64  the README's phantom proof of the attention method on 2 CPU cores: the 64 px
+        CXR phantoms of configs/vae_cxr.py through that VAE (16 x 16 x 4 latents; give its
+        workdir as --config.vae.checkpoint and 1 / its logged latent_std as
+        --config.vae.scaling_factor), an SD-layout UNet with cross-attention at both of its
+        levels (64, 128 channels; 16 x 16 and 8 x 8, and the mid block at 4 x 4), a
+        trainable prompt encoder (dim 64, 2 layers) over the report impressions,
+        AdamW 1e-3, EMA 0.995; the method's attention edits at the latent heights 16, 8
+        (SD's 64, 32 at 512 px map to the top two levels).
 """
 
 import ml_collections
 
 from jaxcf.data.config import follow
-from jaxcf.training.config import apply_toy, base_config, is_toy, latent_shape
+from jaxcf.models.sd_unet import CROSS_DOWN, CROSS_UP
+from jaxcf.training.config import (
+    apply_toy,
+    base_config,
+    cxr_phantom64_data,
+    is_toy,
+    latent_shape,
+)
+
+PHANTOM64 = "phantom64"
 
 # Stable Diffusion 1.x: the VAE's latent scale and the training betas (diffusers'
 # scheduler config of runwayml/stable-diffusion-v1-5: scaled_linear 0.00085 -> 0.012).
@@ -61,8 +78,9 @@ SD_BETAS = (0.00085, 0.012)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    """arg: None (paper 003's fine-tuning recipe) | "toy" (its CPU-test size)."""
-    toy = is_toy(arg)
+    """arg: None (paper 003's fine-tuning recipe) | "toy" (its CPU-test size) | "phantom64"."""
+    proof = arg == PHANTOM64
+    toy = proof or is_toy(arg)
     c = base_config()
     c.data.update(dataset="cxr", task="cxr", image_size=512, batch_size=16)
     # Phantoms when data.root is unset: radiographs rendered at the training size (the CXR
@@ -101,4 +119,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.phantom.size = 32
         c.vae.allow_untrained = True
         c.text.update(encoder="trainable", dim=32, depth=1, heads=2)
+        # the tiny UNet attends at 4 x 4 (its top level) and 2 x 2 (the mid block)
+        c.counterfactual.attention.update(
+            target_prompt="opacity in the right lower zone", gate_resolutions=(4, 2),
+            path_resolutions=(4, 2),
+        )  # fmt: skip
+    if proof:
+        cxr_phantom64_data(c)
+        c.vae.update(preset="cxr_small", allow_untrained=False)
+        c.text.update(dim=64, depth=2, heads=4)
+        c.model.update(
+            block_out_channels=(64, 128),
+            down_block_types=(CROSS_DOWN, CROSS_DOWN),
+            up_block_types=(CROSS_UP, CROSS_UP),
+            attention_head_dim=4,
+            norm_num_groups=16,
+        )
+        c.optim.update(lr=1e-3, ema_decay=0.995)
+        c.train.update(num_steps=6000, log_every=100, checkpoint_every=500)
+        attention = c.counterfactual.attention
+        attention.update(
+            target_prompt="Moderate opacity in the right lower zone, concerning for pneumonia.",
+            gate_resolutions=(16, 8),
+            path_resolutions=(16, 8),
+        )
     return c

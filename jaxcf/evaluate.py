@@ -1,11 +1,17 @@
 """python -m jaxcf.evaluate --config=configs/X.py --checkpoint=WORKDIR [--split=test]
-    [--out=DIR] [--method=segmentation|prompt_swap] [--config.eval.*=...]
+    [--out=DIR] [--method=segmentation|prompt_swap|attention] [--config.eval.*=...]
     [--config.counterfactual.<method>.*=...]
 
 --method=segmentation (default; papers 001 / 000): runs the registered counterfactual
 methods of eval.methods (and the FLAIR thresholding baseline) over a split of the model's
 slices and writes metrics.json and metrics.md (a table shaped like the papers' Table 1),
 per_slice / per_case scores (JSON and CSV) and example panels.
+
+--method=attention (paper 003, prompt-conditioned CXR models): Table 2's ablation of the
+attention-regulated edit (plain prompt edit, full, without Eq. 5 / 6 / 9) on the split's
+normal radiographs asked for an opacity in one lung zone: SSIM, the share of the change
+outside the ROI and outside the lungs, ROI hit rate and gain, and with --classifier=WORKDIR
+paper 003's Conf (jaxcf.experiments.attention_eval).
 
 --method=prompt_swap (paper 004, text-conditioned 3-D models): Table 1 (FID on 3-D
 features, diversity MS-SSIM, subject MS-SSIM, PSNR, text alignment) and Table 2 (the
@@ -33,7 +39,7 @@ from jaxcf.errors import InputError
 
 PROG = "jaxcf.evaluate"
 SPLITS = ("train", "val", "test")
-METHODS = ("segmentation", "prompt_swap")
+METHODS = ("segmentation", "prompt_swap", "attention")
 
 
 def _define(values: flags.FlagValues) -> None:
@@ -50,7 +56,8 @@ def _define(values: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "classifier",
         None,
-        "prompt_swap: workdir of a trained classifier (text alignment).",
+        "prompt_swap: workdir of a trained classifier (text alignment); attention: of a "
+        "CXR opacity classifier (configs/classifier_cxr.py; the Conf column).",
         flag_values=values,
     )
     flags.DEFINE_string(
@@ -80,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"--method must be one of {METHODS}, got {values.method!r}")
         if values.method == "prompt_swap":
             return _prompt_swap(config, values, split)
+        if values.method == "attention":
+            return _attention(config, values, split)
         segmentation.eval_methods(config)  # unknown names fail before any work
         if config.eval.slices not in segmentation.SLICES:
             raise InputError(
@@ -95,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
     print(summary["table"])
-    if values.method == "prompt_swap":
+    if values.method in ("prompt_swap", "attention"):
         print(f"wrote {summary['out']}/metrics.json, metrics.md and PNG panels")
         return 0
     print(
@@ -117,6 +126,25 @@ def _prompt_swap(config, values, split: str) -> dict:
     out = output_dir(values.out or workdir / "eval" / f"prompt_swap_{split}", "--out")
     trained = load_trained(workdir, config)
     return {**prompt_swap_eval.evaluate(trained, workdir, split, out, scorers=scorers), "out": out}
+
+
+def _attention(config, values, split: str) -> dict:
+    """evaluate --method=attention (jaxcf.experiments.attention_eval)."""
+    from jaxcf.counterfactual.cases import output_dir
+    from jaxcf.experiments import attention_eval
+    from jaxcf.inference import load_trained, saved_config, workdir_of
+
+    workdir = workdir_of(values.checkpoint)
+    saved_config(workdir)
+    out = output_dir(values.out or workdir / "eval" / f"attention_{split}", "--out")
+    classifier = None
+    if values.classifier:
+        from jaxcf.evaluation.alignment import load_classifier
+
+        classifier = load_classifier(values.classifier).predict
+    trained = load_trained(workdir, config)
+    summary = attention_eval.evaluate(trained, workdir, split, out, classifier=classifier)
+    return {**summary, "out": out}
 
 
 if __name__ == "__main__":

@@ -192,6 +192,8 @@ class TrainedModel:
         def prepare_cond(weights, cond):
             return task.prepare_cond(weights["params"], weights["frozen"], cond)
 
+        # A text tower re-tokenises prompts: its Retokenizer knows the context positions.
+        retokenizer = getattr(task.text_apply, "retokenizer", None)
         return MethodModel(
             apply=apply,
             schedule=task.schedule,
@@ -204,6 +206,7 @@ class TrainedModel:
             # The x0 estimate's transform where the data range is known (the space's).
             x0_transform=task.space_impl.x0_transform,
             tokenizer=self.tokenizer if task.condition == "prompt" else None,
+            token_positions=None if retokenizer is None else retokenizer.spread,
         )
 
 

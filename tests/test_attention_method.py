@@ -6,6 +6,8 @@ energy; pathology tokens are found in the prompt; bad settings name their field.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -265,6 +267,46 @@ def test_pathology_tokens_from_the_prompt():
     opacity = 100 + TOKENIZER.vocab.index("opacity")
     np.testing.assert_array_equal(tower[0], np.asarray(tower_ids[0]) == opacity)
     assert tower[0].tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
+
+
+def test_tower_context_gets_the_pathology_flags_at_its_word_pieces(unet, key):
+    # A "tower" that re-tokenises the 8 prompt tokens into 10 positions (a start token,
+    # "opacity" as 2 pieces); token_positions = its Retokenizer.spread.
+    apply_fn, params = unet
+    pieces = {w: [100 + i] * (2 if w == "opacity" else 1) for i, w in enumerate(TOKENIZER.vocab)}
+    retok = Retokenizer.build(TOKENIZER.vocab, pieces.__getitem__, length=10, start=1, end=2, pad=0)
+    table = jax.random.normal(jax.random.key(6), (128, DIM))
+
+    def prepare_cond(weights, cond):
+        ids, mask = cond["prompt_ids"], cond["prompt_mask"]
+        if ids.ndim == 1:
+            ids, mask = ids[None], mask[None]
+        tower_ids, tower_mask = retok(ids, mask)
+        return {"context": table[tower_ids], "context_mask": tower_mask}
+
+    model = dataclasses.replace(
+        _model(apply_fn), prepare_cond=prepare_cond, token_positions=retok.spread
+    )
+    cfg = _cfg(num_steps=2, gate=False, energy=False, mu=1.0)
+    batch = _batch()
+    out = _run(model, params, cfg, batch, key)  # jitted
+    assert np.all(np.isfinite(out["counterfactual"]))
+    # The reference: the final forward on z_0 (identity decode) with the flags put by hand
+    # on the context positions of "opacity"'s pieces. Eq. 6 scales those columns of the
+    # cross-attention, and the "attention" map averages them: flags on any other
+    # positions give other numbers.
+    raw = {k: jnp.broadcast_to(v, (B, 8)) for k, v in _tokens(cfg.target_prompt).items()}
+    tower_ids = np.asarray(retok(raw["prompt_ids"], raw["prompt_mask"])[0])
+    flags = tower_ids == 100 + TOKENIZER.vocab.index("opacity")
+    assert np.flatnonzero(flags[0]).tolist() == [4, 5]
+    extra = {k: jnp.asarray(batch[k]) for k in ("anatomy", "roi")}
+    extra["tokens"] = jnp.asarray(flags, jnp.float32)
+    cond, _ = model.conditions(params, raw)
+    energy = A.pathology_energy(model, cfg, params, cond, extra, (SIZE, SIZE))
+    t_last = jnp.full((B,), int(D.respace(1000, 2)[-1]))
+    want, shown = jax.jit(energy)(out["counterfactual"], t_last)
+    np.testing.assert_allclose(out["energy"], want, rtol=1e-5)
+    np.testing.assert_allclose(out["attention"], jnp.mean(jnp.stack(shown), 0), rtol=1e-4)
 
 
 def test_bad_settings_name_their_field(unet):

@@ -23,7 +23,6 @@ from jaxcf.convert.diffusers_unet import sd_unet_params, sd_unet_state_dict
 from jaxcf.errors import InputError
 from jaxcf.models.sd_unet import SDUNet, sd_unet_config
 from jaxcf.training.config import base_config
-from jaxcf.training.loop import train_and_evaluate
 from jaxcf.training.tasks import make_task
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,7 +80,13 @@ def test_recipe_is_paper_003s():
     assert models.model_kwargs(c.model)[1]["dtype"] == np.dtype("bfloat16")
 
 
-def test_toy_trains_from_a_checkpoint_and_resumes_without_it(tmp_path):
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """python -m jaxcf.train --config=configs/sd_cxr.py:toy: 1 step from a pretrained
+    checkpoint, then resumed to 2 without it (tests/test_configs.py leaves sd_cxr to this)."""
+    from jaxcf import train as train_cli
+
+    tmp_path = tmp_path_factory.mktemp("sd_cxr_toy")
     config = get_config("toy")
     assert config.model.family == "sd_unet" and config.text.encoder == "trainable"
     assert models.model_kwargs(config.model)[1]["cross_attention_dim"] == config.text.dim == 32
@@ -89,21 +94,99 @@ def test_toy_trains_from_a_checkpoint_and_resumes_without_it(tmp_path):
     pretrained = SDUNet(sd_unet_config(config.model), rngs=nnx.Rngs(7))
     file = tmp_path / "unet.safetensors"
     save_file(sd_unet_state_dict(pretrained), str(file))
-    config.model.checkpoint = str(file)
-    config.train.update(num_steps=1, checkpoint_every=1)
     workdir = tmp_path / "run"
-    summary = train_and_evaluate(config, workdir)
-    assert summary["step"] == summary["checkpoint_step"] == 1
-    assert np.isfinite(summary["loss"])
+    argv = [
+        "train",
+        f"--config={REPO / 'configs' / 'sd_cxr.py'}:toy",
+        f"--workdir={workdir}",
+        f"--config.model.checkpoint={file}",
+        "--config.train.checkpoint_every=1",
+    ]
+    assert train_cli.main([*argv, "--config.train.num_steps=1"]) == 0
+    first = Checkpoints(workdir)
+    assert first.latest_step == 1
+    first.close()
     # A resumed run restores its own checkpoint: model.checkpoint is not read again.
     file.unlink()
-    config.train.num_steps = 2
-    summary = train_and_evaluate(config, workdir)
-    assert (summary["start_step"], summary["step"], summary["checkpoint_step"]) == (1, 2, 2)
+    assert train_cli.main([*argv, "--config.train.num_steps=2"]) == 0
+    return workdir, file
+
+
+def test_toy_trains_from_a_checkpoint_and_resumes_without_it(toy_run):
+    workdir, file = toy_run
     ckpt = Checkpoints(workdir)
     assert ckpt.latest_step == 2
     ckpt.close()
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["step"] == 2 and np.isfinite(last["loss"])
     assert json.loads((workdir / "config.json").read_text())["model"]["checkpoint"] == str(file)
+
+
+def test_attention_cli_edits_a_phantom_radiograph(toy_run, tmp_path, capsys):
+    """python -m jaxcf.counterfactual --method=attention on one of the run's phantoms (lung
+    masks found in its MIMIC-like layout), then bad input: one line, exit 2."""
+    from jaxcf.counterfactual import __main__ as cli
+
+    workdir = toy_run[0]
+    image = sorted((workdir / "phantom" / "cxr" / "files").rglob("*.jpg"))[0]
+    base = [
+        "counterfactual",
+        f"--config={REPO / 'configs' / 'sd_cxr.py'}:toy",
+        f"--checkpoint={workdir}",
+        "--method=attention",
+        "--config.counterfactual.attention.num_steps=3",
+    ]
+    out = tmp_path / "edit"
+    assert cli.main([*base, f"--input={image}", f"--out={out}"]) == 0, capsys.readouterr().err
+    assert "ROI: right lower zone" in capsys.readouterr().out
+    for part in ("input", "counterfactual", "difference", "attention", "roi", "panel"):
+        assert (out / f"{image.stem}_{part}.png").is_file(), part
+    summary = json.loads((out / f"{image.stem}_summary.json").read_text())
+    assert summary["label"] == "Attention regulation (full)"
+    assert 0.0 <= summary["outside_roi"] <= 1.0 and np.isfinite(summary["ssim"])
+    # An ROI file replaces the prompt's (read at the image's size); bad input is refused.
+    from jaxcf.experiments.cxr_attention import load_radiograph
+
+    lungs = workdir / "phantom" / "cxr" / "masks" / f"{image.stem}_right_lung.png"
+    loaded = load_radiograph(image, roi=str(lungs))
+    assert loaded.roi.shape == loaded.image.shape and loaded.roi.any()
+    np.testing.assert_array_equal(loaded.roi, loaded.right)
+    argv = [*base, f"--input={image}", f"--out={tmp_path / 'bad'}"]
+    for extra, message in [
+        (["--config.counterfactual.attention.target_prompt=in the right lower zone"],
+         "has none of pathology_words"),
+        ([f"--mask={REPO / 'docs' / 'images' / 'paper004_rflow_real_panel.png'}"], "px, the image"),
+        ([f"--roi={tmp_path / 'missing.png'}"], "--roi: no such file"),
+    ]:  # fmt: skip
+        assert cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_evaluate_attention_writes_the_ablation_table(toy_run, tmp_path, capsys):
+    """python -m jaxcf.evaluate --method=attention: Table 2's rows on the normal phantoms."""
+    from jaxcf import evaluate
+
+    out = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        f"--config={REPO / 'configs' / 'sd_cxr.py'}:toy",
+        f"--checkpoint={toy_run[0]}",
+        "--method=attention",
+        "--split=val",  # the toy's one normal radiograph
+        f"--out={out}",
+        "--config.counterfactual.attention.num_steps=2",
+        "--config.eval.target_template=opacity in the {side} lower zone",
+    ]
+    assert evaluate.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "metrics.json").read_text())
+    rows = list(summary["results"])
+    assert rows[:2] == ["Plain prompt edit (no regulation)", "Attention regulation (full)"]
+    assert rows[2:5] == [f"Attention regulation (w/o Eq. {k})" for k in (5, 6, 9)]
+    assert rows[5] == "Input through the VAE (no edit)"
+    assert summary["inputs"] == 1 and (out / "panel_0.png").is_file()
+    assert "| Attention regulation (full) |" in (out / "metrics.md").read_text()
 
 
 def tiny_config(checkpoint: str = "", family: str = "sd_unet"):

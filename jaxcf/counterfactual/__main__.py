@@ -24,6 +24,15 @@ _reconstruction under its own prompt and _decoded, the target decode before the 
 residual edit x + decoded - reconstruction) on the model's cube, with an affine that
 maps it onto the input, and <name>_panel.png (axial / coronal / sagittal mid-slices of
 both and their difference).
+python -m jaxcf.counterfactual --method=attention --config=configs/sd_cxr.py
+    --checkpoint=WORKDIR --input=IMAGE.jpg --out=DIR [--mask=LUNGS.png] [--roi=ROI.png]
+    [--config.counterfactual.attention.target_prompt="Opacity in the right lower zone"]
+
+Paper 003's attention-regulated edit of one PA chest radiograph (JPEG / PNG) toward the
+target prompt: the lung fields from --mask (non-zero = lung) or, in jaxcf's MIMIC-CXR-like
+layout, from masks/<stem>_{right,left}_lung.png; the ROI from the prompt's side and zone
+words (or --roi). Writes <stem>_{input,counterfactual,difference,attention,roi,panel}.png
+and <stem>_summary.json (jaxcf.experiments.cxr_attention).
 Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
@@ -52,7 +61,8 @@ def _define(values: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "method",
         None,
-        "A registered method: diffscm | promptable | prompt_swap (default: counterfactual.method).",
+        "A registered method: diffscm | promptable | prompt_swap | attention (default: "
+        "counterfactual.method).",
         flag_values=values,
     )
     flags.DEFINE_integer(
@@ -64,7 +74,14 @@ def _define(values: flags.FlagValues) -> None:
     flags.DEFINE_string(
         "mask",
         None,
-        "Region NIfTI for prompted methods (sets counterfactual.promptable.region=file).",
+        "Region NIfTI for prompted methods (sets counterfactual.promptable.region=file); "
+        "for --method=attention the lung-field PNG of the radiograph.",
+        flag_values=values,
+    )
+    flags.DEFINE_string(
+        "roi",
+        None,
+        "--method=attention: a PNG of where the finding goes (default: from the prompt).",
         flag_values=values,
     )
 
@@ -86,6 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         trained = load_trained(values.checkpoint, config)
         return prompt_swap.run(trained, out, subject=values.input, count=values.count)
 
+    def radiograph() -> dict:
+        from jaxcf.counterfactual import cases
+        from jaxcf.experiments import cxr_attention
+        from jaxcf.inference import load_trained
+
+        if not values.input:
+            raise InputError("--input is required for --method=attention (a radiograph)")
+        out = cases.output_dir(values.out, "--out")
+        image = cxr_attention.load_radiograph(values.input, values.mask, values.roi)
+        trained = load_trained(values.checkpoint, config)
+        return cxr_attention.run(trained, image, out)
+
     def run() -> dict:
         from jaxcf.counterfactual import cases, registry
         from jaxcf.experiments import segmentation
@@ -94,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         registry.get(method)  # an unknown name fails here, before any work
         if method == "prompt_swap":
             return swap()
+        if method == "attention":
+            return radiograph()
         if not values.input:
             raise InputError(f"--input is required for --method={method}")
         out = cases.output_dir(values.out, "--out")
@@ -124,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['seconds']:.1f} s, mean |difference| {summary['mean_abs_difference']:.4f}, "
             f"subject PSNR {np.mean(summary['psnr']):.2f} dB, MS-SSIM "
             f"{np.mean(summary['ms_ssim']):.4f}; wrote {values.out}"
+        )
+        return 0
+    if summary.get("method") == "attention":
+        print(
+            f"{summary['input']}: {summary['label']} toward {summary['target_prompt']!r} "
+            f"(ROI: {summary['roi']}) in {summary['seconds']:.1f} s; SSIM {summary['ssim']:.3f}, "
+            f"{summary['outside_roi']:.1%} of |difference| outside the ROI, "
+            f"{summary['outside_lungs']:.1%} outside the lungs; wrote {values.out}"
         )
         return 0
     line = (

@@ -37,9 +37,10 @@ Choices the paper leaves open, and what is done here:
 Context positions: token i of the data tokenizer's prompt is context position i for the
 "trainable" prompt encoder. Text towers (text.encoder "tower", and "file" embeddings
 written by jaxcf.text.encode) re-tokenise into word pieces with a start token, so the
-positions differ; a context longer or shorter than the prompt is refused, and
-`jaxcf.text.tower.Retokenizer.spread` maps the flags to a tower's positions for
-callers that hold one (MethodModel does not carry it yet).
+positions differ: MethodModel.token_positions maps the pathology flags to the context's
+positions (jaxcf.inference sets it to the tower's `Retokenizer.spread` for "tower"
+models). Where it is unset, a context longer or shorter than the prompt is refused
+("file" embeddings, whose word pieces are not known).
 """
 
 from __future__ import annotations
@@ -328,6 +329,33 @@ def pathology_energy(
     return energy
 
 
+def attention_heights(
+    model: MethodModel, weights: Any, z: jax.Array, t: jax.Array, cond: Any
+) -> dict[str, set[int]]:
+    """{"self": heights, "cross": heights}: the feature-map heights of the network's 2-D
+    attention layers, found by tracing one forward (its result is unused, so XLA drops it)."""
+    seen: dict[str, set[int]] = {"self": set(), "cross": set()}
+
+    def probe(name: str, kind: str, spatial: tuple) -> None:
+        if len(spatial) == 2 and kind in seen:
+            seen[kind].add(int(spatial[0]))
+
+    model.apply(weights, z, t, cond, control=probe)
+    return seen
+
+
+def check_heights(cfg: ml_collections.ConfigDict, heights: dict[str, set[int]], path: bool) -> None:
+    """InputError when a switched-on mechanism would find no layer at its resolutions (it
+    would silently do nothing); path: Eq. 6 or 9 acts at some step."""
+    wanted = (("gate_resolutions", "self", bool(cfg.gate)), ("path_resolutions", "cross", path))
+    for field, kind, needed in wanted:
+        if needed and not heights[kind] & {int(r) for r in cfg[field]}:
+            raise InputError(
+                f"{FIELD}.{field} {tuple(cfg[field])} matches none of this model's "
+                f"{kind}-attention heights {sorted(heights[kind])} (latent feature maps)"
+            )
+
+
 # --- the method -----------------------------------------------------------------------------
 
 
@@ -406,19 +434,23 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
             }
         else:
             raw = {k: jnp.broadcast_to(v, (rows, *v.shape[1:])) for k, v in target.items()}
-        tokens = pathology_token_mask(
-            jnp.asarray(raw["prompt_ids"]), jnp.asarray(raw["prompt_mask"]), path_ids
-        )
+        ids, ids_mask = jnp.asarray(raw["prompt_ids"]), jnp.asarray(raw["prompt_mask"])
+        tokens = pathology_token_mask(ids, ids_mask, path_ids)
+        if model.token_positions is not None:  # (B, L) prompt tokens -> (B, L') context
+            tokens = model.token_positions(ids, ids_mask, tokens)
         target_cond, null_cond = model.conditions(weights, raw)
         context = target_cond.get("context") if isinstance(target_cond, dict) else None
         if context is not None and context.shape[1] != tokens.shape[1]:
             raise InputError(
                 f"the model's context has {context.shape[1]} positions but the prompt "
                 f"{tokens.shape[1]} tokens: a text tower re-tokenises, so pathology token "
-                "positions are unknown (see jaxcf.text.tower.Retokenizer.spread)"
+                "positions are unknown (set MethodModel.token_positions, e.g. to "
+                "jaxcf.text.tower.Retokenizer.spread)"
             )
         z = model.encode(weights, x)
         latent_hw = z.shape[1:3]
+        heights = attention_heights(model, weights, z, jnp.full((rows,), int(grid[0])), target_cond)
+        check_heights(cfg, heights, reweight or correct)
         extra = {**masks, "tokens": tokens}
         null_extra = {**masks, "tokens": jnp.zeros_like(tokens)}  # no reweighting on null rows
         cond = {**target_cond, _EXTRA: extra}

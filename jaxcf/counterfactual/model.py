@@ -62,6 +62,10 @@ class MethodModel:
       pixel space, wavelet_clip for Haar sub-bands; None otherwise (latents, z-scores).
     tokenizer: prompt models' tokenizer (jaxcf.data.text.Tokenizer: vocab, encode_batch),
       which prompt-taking methods use to turn text into the model's prompt ids; None else.
+    token_positions: token_positions(ids, mask, values) -> (B, L') float32: per-prompt-token
+      values (B, L) (ids, mask: the prompt's) at the context positions the network sees
+      (a text tower's word pieces: jaxcf.text.tower.Retokenizer.spread); None when
+      position i of the prompt is context position i.
     """
 
     apply: Apply
@@ -74,6 +78,7 @@ class MethodModel:
     num_classes: int = 0
     x0_transform: Transform = None
     tokenizer: Any = None
+    token_positions: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] | None = None
 
     def model_fn(self, weights: Any, **kwargs: Any) -> ModelFn:
         """model_fn(x_t, t, cond) with the weights (and extra apply kwargs) bound."""

@@ -109,19 +109,21 @@ def fit_lesion_meter(
     return LesionMeter(ratio=best[1], dice=best[0], value_range=tuple(value_range))
 
 
-def split_arrays(data_config: Any, split: str) -> dict[str, np.ndarray]:
-    """Every item of a prepared split: {"image" (N, X, Y, Z, C), "label" (N,), "seg"
-    (N, X, Y, Z) where the data has masks}."""
+def split_arrays(
+    data_config: Any, split: str, fields: tuple[str, ...] = ("image", "label", "seg")
+) -> dict[str, np.ndarray]:
+    """Every item of a prepared split, the `fields` it has: {"image" (N, ..., C), "label"
+    (N,), "seg" (N, ...) where the data has lesion masks, "masks" (N, H, W, 3) for CXR}."""
     from jaxcf.data.pipeline import make_dataset
 
     parts: dict[str, list[np.ndarray]] = {}
     for batch in make_dataset(data_config, split, seed=0, train=False, drop_remainder=False):
         keep = np.asarray(batch["valid"], bool)
-        for field in ("image", "label", "seg"):
+        for field in fields:
             if field in batch:
                 parts.setdefault(field, []).append(np.asarray(batch[field])[keep])
     if not parts:
-        raise InputError(f"the {split} split of {data_config.prepared} holds no volumes")
+        raise InputError(f"the {split} split of {data_config.prepared} holds no items")
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -401,7 +403,7 @@ def evaluate(
 
     reference = []
     # A latent model draws only what its autoencoder can: the real volumes' round trip.
-    autoencoded = _autoencoded(trained, real["image"]) if trained.space == "latent" else None
+    round_trip = autoencoded(trained, real["image"]) if trained.space == "latent" else None
     for k, name in enumerate(names):
         chosen = labels == k
         if chosen.any():
@@ -411,8 +413,8 @@ def evaluate(
                     "subjects": int(chosen.sum()),
                     "lesion_voxels": lesions(real["image"][chosen]),
                     "autoencoded_lesion_voxels": None
-                    if autoencoded is None
-                    else lesions(autoencoded[chosen]),
+                    if round_trip is None
+                    else lesions(round_trip[chosen]),
                     "true_lesion_voxels": _mean((real["seg"][chosen] > 0).sum(axis=(1, 2, 3)))
                     if "seg" in real
                     else None,
@@ -470,8 +472,8 @@ def evaluate(
     return {**summary, "table": table}
 
 
-def _autoencoded(trained: Any, volumes: np.ndarray, batch: int = 8) -> np.ndarray:
-    """volumes (N, X, Y, Z, C) through the latent model's frozen VAE (encode, decode)."""
+def autoencoded(trained: Any, volumes: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Images or volumes (N, ..., C) through the latent model's frozen VAE (encode, decode)."""
     task, frozen = trained.task, trained.frozen
     round_trip = jax.jit(lambda x: task.decode(frozen, task.encode(frozen, x)))
     parts = [np.asarray(round_trip(volumes[i : i + batch])) for i in range(0, len(volumes), batch)]

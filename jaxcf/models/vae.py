@@ -66,6 +66,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         mid_attention=False,
     ),
 }
+# One-channel radiographs at 1/4 resolution and a CPU-trainable width: paper 003's phantom
+# proof (configs/vae_cxr.py: 64 px chest phantoms -> 16 x 16 x 4 latents).
+PRESETS["cxr_small"] = dict(
+    in_channels=1,
+    out_channels=1,
+    latent_channels=4,
+    block_out_channels=(16, 32, 64),
+    layers_per_block=1,
+    norm_num_groups=8,
+)
 # mri3d's layout at a CPU-trainable width (the phantom32 proof of paper 004's latent models:
 # 32^3 volumes -> 8^3 x 4 latents); mri3d itself takes ~11 s per batch of four 32^3
 # volumes on two CPU cores.

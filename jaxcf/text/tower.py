@@ -212,7 +212,8 @@ def frozen_tower(text: Any) -> tuple[Callable, nnx.State]:
     (the tower's vocabulary file; default beside the checkpoint / open-clip-torch's),
     text.tower_max_len (BERT tokens), text.tower_heads (0: from config.json), text.data_vocab
     (the dataset tokenizer's words, which jaxcf.train records) and text.dim (must be the
-    tower's width: it is the denoiser's context_dim)."""
+    tower's width: it is the denoiser's context_dim). apply.retokenizer is the Retokenizer
+    (its spread places per-prompt-token values at the context's positions)."""
     if not text.get("checkpoint"):
         raise InputError("text.encoder='tower' needs text.checkpoint (a BERT or CLIP folder)")
     if not text.get("data_vocab"):
@@ -241,6 +242,7 @@ def frozen_tower(text: Any) -> tuple[Callable, nnx.State]:
         model = nnx.merge(graphdef, jax.lax.stop_gradient(state))
         return encode_tokens(kind, model, tower_ids, tower_mask)
 
+    apply.retokenizer = retokenize  # type: ignore[attr-defined]
     return apply, state
 
 

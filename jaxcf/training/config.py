@@ -177,6 +177,10 @@ def base_config() -> ml_collections.ConfigDict:
             # 333 per prompt), and Table 2's guidance-scale sweep (w = 1: the conditional model)
             "synthetic_subjects": 32,
             "guidance_scales": (1.0, 2.0, 3.0),
+            # evaluate --method=attention (paper 003): each normal radiograph's target prompt,
+            # {side} / {zone} filled with the six (side, zone) pairs in turn
+            "target_template": "Moderate opacity in the {side} {zone} zone, concerning for "
+            "pneumonia.",
         }
     )
     return c
@@ -279,6 +283,15 @@ def phantom32_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     tests/test_classifier.py). Each workdir renders and prepares its own copy."""
     c.data.update(volume_size=32, batch_size=4)
     c.data.phantom.update(size=32, cases=48)
+    return c
+
+
+def cxr_phantom64_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The data of paper 003's phantom proof (configs/vae_cxr.py, configs/sd_cxr.py:phantom64):
+    480 procedural CXR phantoms at 64 px, 40% normal, batch 16; both render the same
+    phantoms (same seed, cases and size). Each workdir renders and prepares its own copy."""
+    c.data.update(dataset="cxr", task="cxr", image_size=64, batch_size=16)
+    c.data.phantom.update(cases=480, size=64, anatomy="procedural", tumour_free_fraction=0.4)
     return c
 
 

@@ -365,8 +365,15 @@ class _Block(nnx.Module):
 class SDUNet(nnx.Module):
     """Stable Diffusion's conditional latent UNet; see the module docstring."""
 
-    def __init__(self, config: SDUNetConfig = SD15, *, dtype: Dtype = None, rngs: nnx.Rngs):
-        self.config, self.dtype = config, dtype
+    def __init__(
+        self,
+        config: SDUNetConfig = SD15,
+        *,
+        dtype: Dtype = None,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.config, self.dtype, self.remat = config, dtype, remat
         cfg, chans = config, config.block_out_channels
         groups, eps, ctx = config.norm_num_groups, config.norm_eps, config.cross_attention_dim
         c0, emb_dim, n = chans[0], 4 * chans[0], len(chans)
@@ -448,6 +455,20 @@ class SDUNet(nnx.Module):
             raise InputError(f"SDUNet: t must be a scalar or ({x.shape[0]},), got {t.shape}")
         return t
 
+    def _layer(self, block: _Block, j: int, h: jax.Array, *args) -> jax.Array:
+        """block.layer(j, h, emb, context, context_mask, control, record); with remat its
+        activations are recomputed in the backward pass. graph_updates=False keeps a
+        gradient with respect to the input alone working (parameters from an outer trace);
+        a control may record maps (sow), so with one (or a record) the layer runs as is."""
+        emb, context, context_mask, control, record = args
+        if not self.remat or control is not None or record is not None:
+            return block.layer(j, h, *args)
+
+        def run(block, h, emb, context, context_mask):
+            return block.layer(j, h, emb, context, context_mask, None, None)
+
+        return nnx.remat(run, graph_updates=False)(block, h, emb, context, context_mask)
+
     def __call__(
         self,
         x: jax.Array,
@@ -470,7 +491,7 @@ class SDUNet(nnx.Module):
         skips = [h]
         for block in self.down_blocks:
             for j in range(len(block.resnets)):
-                h = block.layer(j, h, *args)
+                h = self._layer(block, j, h, *args)
                 skips.append(h)
             if block.resample is not None:
                 h = block.resample(h)
@@ -481,7 +502,7 @@ class SDUNet(nnx.Module):
         for block in self.up_blocks:
             for j in range(len(block.resnets)):
                 # diffusers concatenates [h, skip] along channels, most recent skip first.
-                h = block.layer(j, jnp.concatenate([h, skips.pop()], axis=-1), *args)
+                h = self._layer(block, j, jnp.concatenate([h, skips.pop()], axis=-1), *args)
             if block.resample is not None:
                 h = block.resample(h)
         out = self.conv_out(jax.nn.silu(self.conv_norm_out(h))).astype(jnp.float32)
@@ -533,13 +554,9 @@ class SDUNetDenoiser(SDUNet):
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        # Every training config carries model.remat (False by default); recomputing SD's
-        # blocks in the backward pass is not implemented yet, so asking for it is refused.
-        if remat:
-            raise InputError("model.remat is not implemented for the sd_unet family yet")
         fields = dict(locals())
         config = SDUNetConfig(**{f.name: fields[f.name] for f in dataclasses.fields(SDUNetConfig)})
-        super().__init__(config, dtype=dtype, rngs=rngs)
+        super().__init__(config, dtype=dtype, remat=remat, rngs=rngs)
         for _, module in nnx.iter_modules(self):
             if isinstance(module, Attention):
                 module.sow_maps = True

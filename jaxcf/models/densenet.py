@@ -224,4 +224,16 @@ PRESETS: dict[str, dict] = {
     "densenet_small3d": dict(
         _DENSENET121, init_features=16, growth_rate=8, block_config=(2, 3, 4), groups=8
     ),
+    # Their 2-D twins for radiographs (configs/classifier_cxr.py): 16 px tests, 64 px phantoms.
+    "densenet_tiny2d": dict(
+        _DENSENET121, spatial_dims=2, init_features=16, growth_rate=8, block_config=(2, 2), groups=8
+    ),
+    "densenet_small2d": dict(
+        _DENSENET121,
+        spatial_dims=2,
+        init_features=16,
+        growth_rate=8,
+        block_config=(2, 3, 4),
+        groups=8,
+    ),
 }

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxcf.checkpoint import Checkpoints, abstract_like
 from jaxcf.counterfactual import registry
@@ -130,6 +131,17 @@ class TrainedModel:
 
     def decode(self, x0: jax.Array) -> jax.Array:
         return self.task.decode(self.frozen, x0)
+
+    def autoencode(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """(N, ..., C) data-space images or volumes through encode then decode, in chunks:
+        what a latent model's VAE keeps of them (the identity in pixel space)."""
+        task, frozen = self.task, self.frozen
+        round_trip = jax.jit(lambda x: task.decode(frozen, task.encode(frozen, x)))
+        parts = [
+            np.asarray(round_trip(images[i : i + batch_size]))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(parts)
 
     def prepare_cond(self, cond: Any) -> Any:
         """cond encoded once for the network (a prompt -> its context tokens); pass it to

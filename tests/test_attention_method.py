@@ -198,6 +198,11 @@ def test_reweighting_only_inside_the_window():
     np.testing.assert_allclose(A.step_sizes(grid, 0.4, 0.05, 1000), [0.05, 0, 0, 0])
     np.testing.assert_allclose(A.step_sizes(grid, 0.6, 0.05, 1000), [0.05, 0.025, 0, 0])
     np.testing.assert_array_equal(A.step_sizes(grid, 0.0, 0.05, 1000), 0.0)
+    # An edit from strength 0.6 runs 30 of 50 steps (580 -> 0): its window is their first
+    # 40% (12 steps, t >= 0.6 * 600), not t >= 600, which no step of it reaches.
+    run = D.respace(1000, 50, "leading")[20:]
+    inside = A.step_sizes(run, 0.4, 0.05, 1000 * 0.6) > 0
+    assert run[0] == 580 and inside.sum() == 12 and inside[:12].all()
 
 
 def test_omega_is_blurred_normalised_roi():

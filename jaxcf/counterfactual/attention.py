@@ -29,7 +29,9 @@ Choices the paper leaves open, and what is done here:
     selects the last steps, yet calls it "early denoising" four times and motivates it
     by what forms early (where a lesion goes). cfg.window = "early" (the default) reads
     the intent: the first mu fraction of the trajectory, noise level t >= (1 - mu) T on
-    the model's time axis; "late" reads the formula literally, t < mu T. alpha_t decays
+    the model's time axis; "late" reads the formula literally, t < mu T. T is the
+    trajectory's: the schedule's at strength 1 (Eq. 2), strength * T when the edit starts
+    lower (so "early" stays the first mu of the steps that run). alpha_t decays
     linearly over the window's steps: alpha at its first step, alpha / n at its last.
   * The energy is differentiated through the conditional (target-prompt) UNet forward
     only, with the same Eq. 5 / 6 edits the sampler applies (Eq. 7 scores A^path).
@@ -104,7 +106,8 @@ def default_config() -> ml_collections.ConfigDict:
             "path_resolutions": (64, 32, 16),
             "eta": 1.5,
             "mu": 0.4,
-            "window": "early",  # early: t >= (1 - mu) T | late: t < mu T (docstring)
+            # early: t >= (1 - mu) T | late: t < mu T, T = strength * the schedule's (docstring)
+            "window": "early",
             "roi_blur": 1.0,  # Gaussian sigma of Omega's blur, in pixels of the latent grid
             "reweight_renormalize": False,  # Eq. 6 as written: no renormalisation
             # Eqs. 7-9: one latent correction per step inside the window
@@ -203,7 +206,7 @@ def make_control(
     extra: dict[str, jax.Array],
     t: jax.Array,
     latent_size: tuple[int, int],
-    num_timesteps: int,
+    horizon: float,
     *,
     record: dict | None = None,
     reweight: bool | None = None,
@@ -212,14 +215,14 @@ def make_control(
 
     extra: {"anatomy": (b, H, W), "roi": (b, H, W), "tokens": (b, L) pathology flags (0
     on null-prompt rows)}; t: (b,) model times; latent_size: the diffusion variable's
-    (H', W'), which cfg.roi_blur is measured in; num_timesteps: T of the window (in_window).
+    (H', W'), which cfg.roi_blur is measured in; horizon: the trajectory's T (in_window).
     record: a dict: ask the cross-attention layers at cfg.path_resolutions for their
     probabilities (Eq. 7's A_k) and note their (h, w) in it under the layer's name.
     reweight: overrides cfg.reweight (build turns it off when no step is in the window)."""
     gate_res = {int(r) for r in cfg.gate_resolutions}
     path_res = {int(r) for r in cfg.path_resolutions}
     reweight = bool(cfg.reweight) if reweight is None else reweight
-    inside = in_window(t, float(cfg.mu), num_timesteps, cfg.get("window", "early"))
+    inside = in_window(t, float(cfg.mu), horizon, cfg.get("window", "early"))
     in_window_t = inside.astype(jnp.float32) if reweight else None
 
     def control(name: str, kind: str, spatial: tuple) -> AttentionEdit | None:
@@ -282,21 +285,21 @@ def concentration(
     return 1.0 - jnp.mean(jnp.stack(scores), 0), shown  # Eq. 8
 
 
-def in_window(t: Any, mu: float, num_timesteps: int, window: str = "early") -> Any:
+def in_window(t: Any, mu: float, horizon: float, window: str = "early") -> Any:
     """Whether model times t (numpy or jax) are in Eqs. 6 / 9's window (cfg.window):
     early: t >= (1 - mu) T, the first mu of the trajectory; late: t < mu T."""
     if window == "early":
-        return t >= (1.0 - mu) * num_timesteps
-    return t < mu * num_timesteps
+        return t >= (1.0 - mu) * horizon
+    return t < mu * horizon
 
 
 def step_sizes(
-    grid: np.ndarray, mu: float, alpha: float, num_timesteps: int, window: str = "early"
+    grid: np.ndarray, mu: float, alpha: float, horizon: float, window: str = "early"
 ) -> np.ndarray:
     """Eq. 9's alpha_t for each step of a descending grid: 0 outside the window
     (in_window), inside it linear from alpha at its first step down to alpha / n at its
     last."""
-    inside = in_window(np.asarray(grid), mu, num_timesteps, window)
+    inside = in_window(np.asarray(grid), mu, horizon, window)
     n = int(inside.sum())
     out = np.zeros(len(grid), np.float32)
     out[inside] = alpha * (1.0 - np.arange(n) / max(n, 1))
@@ -312,15 +315,17 @@ def pathology_energy(
     latent_size: tuple[int, int],
     *,
     reweight: bool | None = None,
+    horizon: float | None = None,
 ) -> Callable[[jax.Array, jax.Array], tuple[jax.Array, list[jax.Array]]]:
     """f(z (b, H', W', C), t (b,)) -> (L_path (b,) of Eq. 8, [per-layer (b, h, w)
     pathology-token maps]) from one conditional forward with the method's attention edits
-    (cond: the prepared target condition; extra as make_control's)."""
+    (cond: the prepared target condition; extra as make_control's; horizon: the window's T,
+    default the schedule's)."""
 
     def energy(z: jax.Array, t: jax.Array):
         sizes: dict = {}
         control = make_control(
-            cfg, extra, t, latent_size, model.schedule.num_timesteps, record=sizes,
+            cfg, extra, t, latent_size, horizon or model.schedule.num_timesteps, record=sizes,
             reweight=reweight,
         )  # fmt: skip
         _, maps = model.apply(weights, z, t, cond, control=control, return_attention=True)
@@ -406,14 +411,18 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
         )
     schedule, steps, strength = model.schedule, int(cfg.num_steps), float(cfg.strength)
     big_t = schedule.num_timesteps
+    # The window is measured on the trajectory that runs: from T at strength 1 (Eq. 2, the
+    # paper), from strength * T when the edit starts lower (SDEdit), so "early" is still
+    # the first mu of the steps that run.
+    horizon = big_t * strength
     grid = respace(big_t, steps, str(cfg.spacing))[steps - strength_steps(steps, strength) :]
     if len(grid) == 0:
         raise InputError(f"{FIELD}.strength {strength} runs no step of {steps}")
     window = cfg.get("window", "early")
-    alphas = step_sizes(grid, float(cfg.mu), float(cfg.alpha), big_t, window)
+    alphas = step_sizes(grid, float(cfg.mu), float(cfg.alpha), horizon, window)
     # No grid step inside the window: Eqs. 6 and 9 never act, so they are left out of the
     # compiled loop altogether (the UNet keeps its fused attention).
-    reweight = bool(cfg.reweight) and bool(in_window(grid, float(cfg.mu), big_t, window).any())
+    reweight = bool(cfg.reweight) and bool(in_window(grid, float(cfg.mu), horizon, window).any())
     correct = bool(cfg.energy) and bool(alphas.any())
     controlled = bool(cfg.gate) or reweight
     sigma = float(cfg.roi_blur)
@@ -461,11 +470,11 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
             ex = c.pop(_EXTRA)
             if not controlled:
                 return model.apply(weights, x_t, t, c)
-            control = make_control(cfg, ex, t, latent_hw, big_t, reweight=reweight)
+            control = make_control(cfg, ex, t, latent_hw, horizon, reweight=reweight)
             return model.apply(weights, x_t, t, c, control=control)
 
         maps_of = pathology_energy(
-            model, cfg, weights, target_cond, extra, latent_hw, reweight=reweight
+            model, cfg, weights, target_cond, extra, latent_hw, reweight=reweight, horizon=horizon
         )
 
         def hook(z_t, t, _key):

@@ -14,7 +14,9 @@ data.image_size, [-1, 1]); outputs are at that size:
 
   <stem>_input.png           the radiograph as the model saw it
   <stem>_counterfactual.png  the edit under counterfactual.attention.target_prompt
-  <stem>_difference.png      |x - x'| (heat colours, 0 -> the largest difference)
+  <stem>_difference.png      |x' - x| (heat colours, 0 -> the largest difference); for a
+                             latent model x is the input through the VAE, whose own loss
+                             is no edit (summary: change_from)
   <stem>_attention.png       the pathology tokens' cross-attention (heat colours)
   <stem>_roi.png             Omega, the blurred ROI the method steered towards (0-255)
   <stem>_panel.png           input, counterfactual, |difference| over the input with the ROI
@@ -144,11 +146,17 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask)
 
 
-def panel_tiles(image: np.ndarray, result: dict[str, np.ndarray], roi: np.ndarray) -> list:
-    """One panel row: input, counterfactual, |difference| over the input with the ROI
-    outlined, the pathology-token attention; image and counterfactual (H, W) in [-1, 1]."""
+def panel_tiles(
+    image: np.ndarray,
+    result: dict[str, np.ndarray],
+    roi: np.ndarray,
+    reference: np.ndarray | None = None,
+) -> list:
+    """One panel row: input, counterfactual, |difference| (from `reference`, default the
+    input) over the input with the ROI outlined, the pathology-token attention; image,
+    counterfactual and reference (H, W) in [-1, 1]."""
     counterfactual = result["counterfactual"]
-    diff = np.abs(counterfactual - image)
+    diff = np.abs(counterfactual - (image if reference is None else reference))
     grey = np.repeat(to_uint8(image, -1.0, 1.0)[..., None], 3, -1).astype(np.float32)
     weight = np.clip(diff / max(float(diff.max()), 1e-6), 0.0, 1.0)[..., None]
     blend = (1 - weight) * grey + weight * heatmap_rgb(diff).astype(np.float32)
@@ -185,14 +193,18 @@ def run(trained: Any, radiograph: Radiograph, out: pathlib.Path, *, progress: bo
     seconds = time.perf_counter() - started
     image, counterfactual = batch["image"][0, ..., 0], result["counterfactual"][0, ..., 0]
     roi = batch["roi"][0] > 0
-    scores = edit_localization(batch["image"], result["counterfactual"], batch["roi"], lungs)
+    # A latent model cannot keep what its VAE loses: the edit is the change from the
+    # input's round trip (attention_eval measures it the same way).
+    latent = trained.space == "latent"
+    reference = trained.autoencode(batch["image"]) if latent else batch["image"]
+    scores = edit_localization(reference, result["counterfactual"], batch["roi"], lungs)
     stem = out / radiograph.name
     write_png(stem.with_name(f"{radiograph.name}_input.png"), to_uint8(image, -1.0, 1.0))
     write_png(
         stem.with_name(f"{radiograph.name}_counterfactual.png"),
         to_uint8(counterfactual, -1.0, 1.0),
     )
-    diff = np.abs(counterfactual - image)
+    diff = np.abs(counterfactual - reference[0, ..., 0])
     Image.fromarray(heatmap_rgb(diff)).save(stem.with_name(f"{radiograph.name}_difference.png"))
     Image.fromarray(heatmap_rgb(result["attention"][0])).save(
         stem.with_name(f"{radiograph.name}_attention.png")
@@ -200,7 +212,7 @@ def run(trained: Any, radiograph: Radiograph, out: pathlib.Path, *, progress: bo
     write_png(stem.with_name(f"{radiograph.name}_roi.png"), to_uint8(result["roi"][0], 0.0, 1.0))
     one = {k: v[0] for k, v in result.items()}
     save_panel(
-        [panel_tiles(image, {**one, "counterfactual": counterfactual}, roi)],
+        [panel_tiles(image, {**one, "counterfactual": counterfactual}, roi, reference[0, ..., 0])],
         stem.with_name(f"{radiograph.name}_panel.png"),
         PANEL_TITLES,
         title=f"{runner.label}: {settings.target_prompt!r}",
@@ -213,6 +225,7 @@ def run(trained: Any, radiograph: Radiograph, out: pathlib.Path, *, progress: bo
         "target_prompt": str(settings.target_prompt),
         "roi": "file" if radiograph.roi is not None else cues.describe(),
         "image_size": size,
+        "change_from": "the input through the VAE" if latent else "the input",
         "ssim": float(np.asarray(ssim(batch["image"], result["counterfactual"], 2.0))[0]),
         **{k: float(v[0]) for k, v in scores.items()},
         "energy": float(result["energy"][0]),

@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
@@ -403,7 +402,7 @@ def evaluate(
 
     reference = []
     # A latent model draws only what its autoencoder can: the real volumes' round trip.
-    round_trip = autoencoded(trained, real["image"]) if trained.space == "latent" else None
+    round_trip = trained.autoencode(real["image"]) if trained.space == "latent" else None
     for k, name in enumerate(names):
         chosen = labels == k
         if chosen.any():
@@ -470,14 +469,6 @@ def evaluate(
     table = markdown(summary)
     (out / "metrics.md").write_text(table + "\n")
     return {**summary, "table": table}
-
-
-def autoencoded(trained: Any, volumes: np.ndarray, batch: int = 8) -> np.ndarray:
-    """Images or volumes (N, ..., C) through the latent model's frozen VAE (encode, decode)."""
-    task, frozen = trained.task, trained.frozen
-    round_trip = jax.jit(lambda x: task.decode(frozen, task.encode(frozen, x)))
-    parts = [np.asarray(round_trip(volumes[i : i + batch])) for i in range(0, len(volumes), batch)]
-    return np.concatenate(parts)
 
 
 def _real_example(

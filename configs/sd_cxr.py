@@ -136,9 +136,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             norm_num_groups=16,
         )
         c.optim.update(lr=1e-3, ema_decay=0.995)
-        c.train.update(num_steps=6000, log_every=100, checkpoint_every=500)
+        c.train.update(num_steps=4000, log_every=100, checkpoint_every=500)
+        c.sampler.num_steps = 50  # paper 003: DDIM 50 (apply_toy shortens it to 10)
+        c.eval.max_items = 0  # every normal radiograph of the split
         attention = c.counterfactual.attention
         attention.update(
+            num_steps=50,
             target_prompt="Moderate opacity in the right lower zone, concerning for pneumonia.",
             gate_resolutions=(16, 8),
             path_resolutions=(16, 8),

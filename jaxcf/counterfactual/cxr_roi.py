@@ -67,7 +67,7 @@ class Cues:
 
     def describe(self) -> str:
         """ "right lower zone", "both lungs, upper zones", "left lung", ..."""
-        side = " and ".join(self.sides) if len(self.sides) == 1 else "both"
+        side = self.sides[0] if len(self.sides) == 1 else "both"
         zone = " and ".join(self.zones) if self.zones else ""
         if not zone:
             return f"{side} lung" if side != "both" else "both lungs"

@@ -46,11 +46,10 @@ from jaxcf.errors import InputError
 from jaxcf.evaluation.image_metrics import ssim
 from jaxcf.evaluation.localization import edit_localization
 from jaxcf.evaluation.metrics import markdown_table
-from jaxcf.experiments.cxr_attention import PANEL_TITLES, panel_tiles
+from jaxcf.experiments.cxr_attention import METHOD, PANEL_TITLES, panel_tiles
 from jaxcf.experiments.prompt_swap_eval import split_arrays
 from jaxcf.visualization import save_panel
 
-METHOD = "attention"
 TARGETS = tuple((side, zone) for zone in cxr_roi.ZONES for side in cxr_roi.SIDES)
 PLAIN = "Plain prompt edit (no regulation)"
 # (row label, the settings it switches off)
@@ -171,11 +170,15 @@ def evaluate(
     panels = []
     for i in range(min(PANELS, len(normal))):
         rows = [
-            panel_tiles(images[i, ..., 0], {k: v[i, ..., 0] if k == "counterfactual" else v[i]
-                                            for k, v in result.items()}, masks["roi"][i] > 0,
-                        reference[i, ..., 0])
+            panel_tiles(
+                images[i, ..., 0],
+                result["counterfactual"][i, ..., 0],
+                result["attention"][i],
+                masks["roi"][i] > 0,
+                reference[i, ..., 0],
+            )
             for _, result in examples
-        ]  # fmt: skip
+        ]
         path = out / f"panel_{i}.png"
         save_panel(rows, path, PANEL_TITLES, row_labels=[n for n, _ in examples],
                    title=f"{prompts[i]!r}")  # fmt: skip
@@ -195,9 +198,6 @@ def evaluate(
         "results": results,
         "panels": panels,
         "seconds": time.perf_counter() - started,
-    }
-    summary["settings"] = {
-        k: (list(v) if isinstance(v, tuple) else v) for k, v in summary["settings"].items()
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     table = markdown(summary)

@@ -148,15 +148,15 @@ def outline(mask: np.ndarray) -> np.ndarray:
 
 def panel_tiles(
     image: np.ndarray,
-    result: dict[str, np.ndarray],
+    counterfactual: np.ndarray,
+    attention: np.ndarray,
     roi: np.ndarray,
-    reference: np.ndarray | None = None,
+    reference: np.ndarray,
 ) -> list:
-    """One panel row: input, counterfactual, |difference| (from `reference`, default the
-    input) over the input with the ROI outlined, the pathology-token attention; image,
-    counterfactual and reference (H, W) in [-1, 1]."""
-    counterfactual = result["counterfactual"]
-    diff = np.abs(counterfactual - (image if reference is None else reference))
+    """One panel row: input, counterfactual, |counterfactual - reference| over the input
+    with the ROI outlined, the pathology-token attention; all (H, W), the images in
+    [-1, 1] (reference: the input, or its VAE round trip for a latent model)."""
+    diff = np.abs(counterfactual - reference)
     grey = np.repeat(to_uint8(image, -1.0, 1.0)[..., None], 3, -1).astype(np.float32)
     weight = np.clip(diff / max(float(diff.max()), 1e-6), 0.0, 1.0)[..., None]
     blend = (1 - weight) * grey + weight * heatmap_rgb(diff).astype(np.float32)
@@ -165,7 +165,7 @@ def panel_tiles(
         to_uint8(image, -1.0, 1.0),
         to_uint8(counterfactual, -1.0, 1.0),
         blend.round().astype(np.uint8),
-        heatmap_rgb(result["attention"]),
+        heatmap_rgb(attention),
     ]
 
 
@@ -210,9 +210,8 @@ def run(trained: Any, radiograph: Radiograph, out: pathlib.Path, *, progress: bo
         stem.with_name(f"{radiograph.name}_attention.png")
     )
     write_png(stem.with_name(f"{radiograph.name}_roi.png"), to_uint8(result["roi"][0], 0.0, 1.0))
-    one = {k: v[0] for k, v in result.items()}
     save_panel(
-        [panel_tiles(image, {**one, "counterfactual": counterfactual}, roi, reference[0, ..., 0])],
+        [panel_tiles(image, counterfactual, result["attention"][0], roi, reference[0, ..., 0])],
         stem.with_name(f"{radiograph.name}_panel.png"),
         PANEL_TITLES,
         title=f"{runner.label}: {settings.target_prompt!r}",

@@ -178,9 +178,11 @@ def test_evaluate_attention_writes_the_ablation_table(toy_run, tmp_path, capsys)
         f"--out={out}",
         "--config.counterfactual.attention.num_steps=2",
         "--config.eval.target_template=opacity in the {side} lower zone",
+        "--config.eval.roi_template={side} upper zone",  # the ROI from other words
     ]
     assert evaluate.main(argv) == 0, capsys.readouterr().err
     summary = json.loads((out / "metrics.json").read_text())
+    assert summary["roi_from"] == ["right upper zone"]
     rows = list(summary["results"])
     assert rows[:2] == ["Plain prompt edit (no regulation)", "Attention regulation (full)"]
     assert rows[2:5] == [f"Attention regulation (w/o Eq. {k})" for k in (5, 6, 9)]

@@ -6,8 +6,10 @@ for `python -m jaxcf.evaluate --method=attention`.
 Inputs: the normal radiographs of the split (label 0; at most eval.max_items when > 0), each
 asked for an opacity in one lung zone by eval.target_template ("Moderate opacity in the
 {side} {zone} zone, concerning for pneumonia."), the six (side, zone) pairs in turn
-(patient right / left, upper / middle / lower). M_ROI comes from the prompt's cues and the
-radiograph's lung masks (jaxcf.counterfactual.cxr_roi), M_anat is the lung fields.
+(patient right / left, upper / middle / lower). M_ROI comes from the prompt's cues (or, with
+eval.roi_template, from those words filled the same way: a target that names only the side
+with an ROI that names the zone) and the radiograph's lung masks
+(jaxcf.counterfactual.cxr_roi); M_anat is the lung fields.
 
 Rows, every one from the same noise with counterfactual.attention's other settings:
   Plain prompt edit    the same DDIM + CFG edit with all three mechanisms off (the baseline)
@@ -73,8 +75,9 @@ COLUMNS = {
 PANELS = 2
 
 
-def targets(count: int, template: str) -> list[str]:
-    """`count` target prompts: template.format(side=, zone=) over TARGETS in turn."""
+def targets(count: int, template: str, field: str = "eval.target_template") -> list[str]:
+    """`count` target prompts: template.format(side=, zone=) over TARGETS in turn (field:
+    the config field it came from, for the error)."""
     try:
         return [
             template.format(side=side, zone=zone)
@@ -82,7 +85,7 @@ def targets(count: int, template: str) -> list[str]:
         ]
     except (KeyError, IndexError, ValueError) as err:
         raise InputError(
-            f"eval.target_template {template!r}: only {{side}} and {{zone}} may be filled ({err})"
+            f"{field} {template!r}: only {{side}} and {{zone}} may be filled ({err})"
         ) from None
 
 
@@ -136,7 +139,9 @@ def evaluate(
     left, right = data["masks"][normal, ..., 0] > 0, data["masks"][normal, ..., 1] > 0
     lungs = left | right
     prompts = targets(len(normal), str(config.eval.target_template))
-    masks = cxr_roi.method_masks(right, left, prompts)
+    roi_template = str(config.eval.roi_template)
+    roi_words = targets(len(normal), roi_template, "eval.roi_template") if roi_template else prompts
+    masks = cxr_roi.method_masks(right, left, roi_words)
     model = trained.method_model()
     tokens = known_prompt_tokens(model.tokenizer, prompts, "evaluation target prompts")
     batch = {
@@ -189,6 +194,7 @@ def evaluate(
         "split": split,
         "inputs": len(normal),
         "prompts": prompts,
+        "roi_from": roi_words if roi_words is not prompts else "the prompts",
         "roi_share_of_lungs": roi_share,
         "change_from": "the input through the VAE" if latent else "the input",
         "settings": {

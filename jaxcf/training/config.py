@@ -181,6 +181,10 @@ def base_config() -> ml_collections.ConfigDict:
             # {side} / {zone} filled with the six (side, zone) pairs in turn
             "target_template": "Moderate opacity in the {side} {zone} zone, concerning for "
             "pneumonia.",
+            # ... and the words its ROI is read from, filled the same way; "" = the target
+            # prompt's own cues. "{side} {zone} zone" with a target that names no zone asks
+            # for a place the text does not give (the CLI's --roi=PNG)
+            "roi_template": "",
         }
     )
     return c

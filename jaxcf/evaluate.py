@@ -1,5 +1,5 @@
 """python -m jaxcf.evaluate --config=configs/X.py --checkpoint=WORKDIR [--split=test]
-    [--out=DIR] [--method=segmentation|prompt_swap|attention] [--config.eval.*=...]
+    [--out=DIR] [--method=segmentation|prompt_swap|attention|refine] [--config.eval.*=...]
     [--config.counterfactual.<method>.*=...]
 
 --method=segmentation (default; papers 001 / 000): runs the registered counterfactual
@@ -12,6 +12,11 @@ attention-regulated edit (plain prompt edit, full, without Eq. 5 / 6 / 9) on the
 normal radiographs asked for an opacity in one lung zone: SSIM, the share of the change
 outside the ROI and outside the lungs, ROI hit rate and gain, and with --classifier=WORKDIR
 paper 003's Conf (jaxcf.experiments.attention_eval).
+
+--method=refine (paper 002, a refiner workdir trained with configs/refiner_peds.py):
+Table 3 (Dice TC / WT / ET / avg, HD95 in mm, sensitivity, precision) of the coarse
+segmenter alone and of its prediction refined, over the split's whole volumes, with
+per-case scores, comparison panels and structured reports (jaxcf.experiments.refine_eval).
 
 --method=prompt_swap (paper 004, text-conditioned 3-D models): Table 1 (FID on 3-D
 features, diversity MS-SSIM, subject MS-SSIM, PSNR, text alignment) and Table 2 (the
@@ -39,7 +44,7 @@ from jaxcf.errors import InputError
 
 PROG = "jaxcf.evaluate"
 SPLITS = ("train", "val", "test")
-METHODS = ("segmentation", "prompt_swap", "attention")
+METHODS = ("segmentation", "prompt_swap", "attention", "refine")
 
 
 def _define(values: flags.FlagValues) -> None:
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prompt_swap(config, values, split)
         if values.method == "attention":
             return _attention(config, values, split)
+        if values.method == "refine":
+            return _refine(config, values, split)
         segmentation.eval_methods(config)  # unknown names fail before any work
         if config.eval.slices not in segmentation.SLICES:
             raise InputError(
@@ -106,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     print(summary["table"])
     if values.method in ("prompt_swap", "attention"):
         print(f"wrote {summary['out']}/metrics.json, metrics.md and PNG panels")
+        return 0
+    if values.method == "refine":
+        print(
+            f"wrote {summary['out']}/metrics.json, metrics.md, per_case.json, panels and reports/"
+        )
         return 0
     print(
         f"wrote {summary['out']}/metrics.json, metrics.md, per_case.csv, per_slice.csv "
@@ -145,6 +157,19 @@ def _attention(config, values, split: str) -> dict:
     trained = load_trained(workdir, config)
     summary = attention_eval.evaluate(trained, workdir, split, out, classifier=classifier)
     return {**summary, "out": out}
+
+
+def _refine(config, values, split: str) -> dict:
+    """evaluate --method=refine (jaxcf.experiments.refine_eval)."""
+    from jaxcf.counterfactual.cases import output_dir
+    from jaxcf.experiments import refine_eval
+    from jaxcf.inference import load_refiner, saved_config, workdir_of
+
+    workdir = workdir_of(values.checkpoint)
+    saved_config(workdir)
+    out = output_dir(values.out or workdir / "eval" / f"refine_{split}", "--out")
+    refiner = load_refiner(workdir, config)
+    return {**refine_eval.evaluate(refiner, split, out), "out": out}
 
 
 if __name__ == "__main__":

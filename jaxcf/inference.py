@@ -28,36 +28,18 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxcf.checkpoint import Checkpoints, abstract_like
+from jaxcf.checkpoint import restore_ema, saved_config, workdir_of
 from jaxcf.counterfactual import registry
 from jaxcf.counterfactual.model import MethodModel
 from jaxcf.data.text import Tokenizer
 from jaxcf.errors import InputError
 from jaxcf.training.conditioners import Conditioner
+from jaxcf.training.refine_task import RefinerTask
 from jaxcf.training.tasks import DiffusionTask, make_task
 
 # Groups that describe the trained network: taken from the workdir's config.json (and its
 # data group, unless data.root is given).
-NETWORK_GROUPS = ("model", "text", "vae", "diffusion")
-
-
-def workdir_of(checkpoint: str | pathlib.Path) -> pathlib.Path:
-    """A training workdir, given it or its `checkpoints/` folder."""
-    path = pathlib.Path(checkpoint)
-    if path.name == "checkpoints" and (path.parent / "config.json").is_file():
-        return path.parent
-    return path
-
-
-def saved_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The resolved config a training run wrote to workdir/config.json."""
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint: no config.json in {workdir} (not a jaxcf workdir)")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+NETWORK_GROUPS = ("model", "text", "vae", "diffusion", "refiner")
 
 
 def merge_network(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict):
@@ -244,23 +226,45 @@ def load_trained(
         raise InputError(
             f"{workdir}: train.task is {trained_train.get('task')!r}, not a diffusion model"
         )
-    checkpoints = Checkpoints(workdir)
-    try:
-        if checkpoints.latest_step is None:
-            raise FileNotFoundError(f"--checkpoint: no checkpoint in {checkpoints.directory}")
-        # The task's key is training's (train.seed): an untrained VAE comes out identical.
-        seed = int(trained_train.get("seed", config.train.seed))
-        task = make_task(config, jax.random.key(seed), restoring=True)
-        wanted = {"step": jax.ShapeDtypeStruct((), "int32"), "ema": abstract_like(task.params)}
-        try:
-            restored = checkpoints.restore_subtrees(wanted, step)
-        except (ValueError, KeyError, TypeError) as err:
-            detail = " ".join(str(err).split())[:300]
-            raise InputError(
-                f"{checkpoints.directory}: the checkpoint's weights do not match the network "
-                f"of {workdir / 'config.json'} ({detail})"
-            ) from None
-    finally:
-        checkpoints.close()
-    params = jax.tree.map(jax.numpy.asarray, restored["ema"])
-    return TrainedModel(config, task, params, task.frozen, int(restored["step"]), workdir)
+    # The task's key is training's (train.seed): an untrained VAE comes out identical.
+    seed = int(trained_train.get("seed", config.train.seed))
+    task = make_task(config, jax.random.key(seed), restoring=True)
+    params, restored_step = restore_ema(workdir, task.params, step)
+    return TrainedModel(config, task, params, task.frozen, restored_step, workdir)
+
+
+@dataclasses.dataclass
+class Refiner:
+    """A trained diffusion refiner (train.task = "refiner"): its config, RefinerTask (with
+    the frozen coarse segmenter, task.coarse, when conditional), restored weights, step and
+    workdir."""
+
+    config: ml_collections.ConfigDict
+    task: Any  # jaxcf.training.refine_task.RefinerTask
+    params: Any
+    step: int
+    workdir: pathlib.Path
+
+
+def load_refiner(
+    workdir: str | pathlib.Path,
+    config: ml_collections.ConfigDict | None = None,
+    *,
+    step: int | None = None,
+) -> Refiner:
+    """The weights of the latest (or given) checkpoint of a refiner workdir; its coarse
+    segmenter is loaded from refiner.coarse. `config` (e.g. from the command line)
+    contributes counterfactual.* and eval.*; the network and data are the workdir's."""
+    workdir = workdir_of(workdir)
+    trained = saved_config(workdir)
+    kind = trained.get("train", {}).get("task", "diffusion")
+    if kind != "refiner":
+        raise InputError(
+            f"{workdir}: train.task is {kind!r}, not a diffusion refiner (train one with "
+            "configs/refiner_peds.py)"
+        )
+    config = trained if config is None else merge_network(config, trained)
+    key = jax.random.key(int(trained.train.get("seed", 0)))
+    task = RefinerTask(config, key, restoring=True)
+    params, restored_step = restore_ema(workdir, task.params, step)
+    return Refiner(config, task, params, restored_step, workdir)

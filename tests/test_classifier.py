@@ -136,8 +136,8 @@ def test_an_uninformative_classifier_loses_log_k(key):
 
 def test_unknown_task_lists_every_task(key):
     config = load_config("classifier_ms", "toy")
-    config.train.task = "segmentation"
-    with pytest.raises(InputError, match="one of diffusion, vae, classifier"):
+    config.train.task = "registration"
+    with pytest.raises(InputError, match="vae, classifier, segmentation, refiner"):
         make_task(config, key)
 
 

@@ -51,7 +51,10 @@ def test_toy_variant_resolves_and_is_small(name):
     assert copy.deepcopy(toy).to_dict() == toy.to_dict()
 
     data = resolved.data
-    assert data.image_size <= 32 and data.volume_size <= 16 and data.crop_size <= 16
+    # Swin-UNETR halves its input five times and needs a side of at least 64 (32^3 would
+    # leave one voxel at its deepest stage, where instance norm has no statistics).
+    crop_limit = 64 if resolved.model.family == "swin_unetr" else 16
+    assert data.image_size <= 32 and data.volume_size <= 16 and data.crop_size <= crop_limit
     assert data.batch_size <= 8 and data.phantom.cases <= 8 and data.phantom.size <= 32
     assert resolved.mesh.data == 1
     assert resolved.train.num_steps <= 30 and resolved.train.sample_every == 0
@@ -79,7 +82,13 @@ def test_toy_model_shape_follows_the_toy_data(name):
     toy = load(name).get_config("toy")
     data, space = toy.data, toy.diffusion.space
     size, channels = model_shape(toy)
-    if toy.model.family == "vae":
+    if toy.train.task == "segmentation":  # any side the network divides; the data's channels
+        assert channels == data.channels
+    elif toy.train.task == "refiner":  # [I; Y_t] on crops (the toy has no coarse model)
+        assert (size, channels) == (data.crop_size, data.channels + 4)
+        toy.refiner.coarse = "runs/coarse"  # [I; Y_t; C]: the channels follow
+        assert model_shape(toy)[1] == data.channels + 8
+    elif toy.model.family == "vae":
         assert (channels, toy.model.out_channels) == (data.channels, data.channels)
     elif space == "pixel":
         assert (size, channels) == (data.image_size, data.channels)

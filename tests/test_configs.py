@@ -14,8 +14,9 @@ from jaxcf.checkpoint import Checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # sd_cxr trains through the same CLI in tests/test_sd_cxr.py (from a pretrained checkpoint,
-# then resumed without it), whose run the attention method's CLI tests reuse.
-TRAINED_ELSEWHERE = {"sd_cxr"}
+# then resumed without it), whose run the attention method's CLI tests reuse; resunet_peds
+# and refiner_peds (on its coarse model, then resumed) in tests/test_refine.py.
+TRAINED_ELSEWHERE = {"sd_cxr", "resunet_peds", "refiner_peds"}
 CONFIGS = sorted(path.stem for path in (REPO / "configs").glob("*.py"))
 
 

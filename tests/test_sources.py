@@ -133,6 +133,17 @@ def test_shape_mismatch_names_both_files(tmp_path):
     assert str(p) in msg and "(32, 32, 18)" in msg and "_t1.nii.gz" in msg
 
 
+def test_label_values_outside_the_layout_name_the_file(tmp_path):
+    """BraTS 2021 stores ET as 4: a 3 there (BraTS 2023's ET) is refused, not read as ET."""
+    fx.write_brats(tmp_path, n=1, shape=(32, 32, 20))
+    p = fx.brats_file(tmp_path, "brats2021", 0, "seg")
+    seg = np.zeros((32, 32, 20), np.float32)
+    seg[10:12, 10:12, 10] = 3
+    fx.save_nifti(p, seg, np.eye(4))
+    with pytest.raises(DataError, match=r"label values \[3\] outside brats2021's \[0, 1, 2, 4\]"):
+        sources.BraTSSource(tmp_path)[0]
+
+
 def test_nan_voxels_counted(tmp_path):
     fx.write_brats(tmp_path, n=1)
     p = fx.brats_file(tmp_path, "brats2021", 0, "t1")

@@ -30,6 +30,7 @@ METHODS: dict[str, str] = {
     "promptable": "jaxcf.counterfactual.promptable",
     "prompt_swap": "jaxcf.counterfactual.prompt_swap",
     "attention": "jaxcf.counterfactual.attention",
+    "refine": "jaxcf.counterfactual.refine",
 }
 
 REQUIRED = ("LABEL", "default_config", "build")

@@ -203,6 +203,13 @@ class BraTSSource(_Source):
                     f"shape mismatch in case {case}: {first[0]} {first[1]} "
                     f"vs {seg_path} {seg.shape}"
                 )
+            allowed = (0, 1, 2, self.et_label)
+            stray = np.setdiff1d(np.unique(np.rint(seg)), allowed)
+            if stray.size:
+                raise DataError(
+                    f"{seg_path}: label values {stray.astype(int).tolist()[:10]} outside "
+                    f"{self.layout}'s {list(allowed)} (background, NC, ED, ET)"
+                )
             rec["seg"] = np.rint(seg).astype(np.uint8)
             rec["label"] = np.int32(rec["seg"].any())
         return rec

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any
 
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxcf import models
-from jaxcf.checkpoint import Checkpoints, abstract_like
+from jaxcf.checkpoint import restore_trained
 from jaxcf.data.pipeline import make_dataset
 from jaxcf.errors import InputError
 from jaxcf.training.tasks import ClassifierTask
@@ -46,16 +45,6 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     if labels.size == 0:
         raise InputError("accuracy of an empty set of volumes")
     return float(np.mean(np.argmax(probabilities, axis=-1) == labels))
-
-
-def _saved_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-    path = workdir / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{workdir}: no config.json (not a jaxcf training workdir)")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
 @dataclasses.dataclass
@@ -191,32 +180,11 @@ class Classifier:
 def load_classifier(workdir: str | pathlib.Path, *, step: int | None = None) -> Classifier:
     """The EMA weights of the latest (or given) checkpoint of a classifier workdir (trained
     with train.task = "classifier"); InputError for any other kind of workdir."""
-    workdir = pathlib.Path(workdir)
-    if workdir.name == "checkpoints" and (workdir.parent / "config.json").is_file():
-        workdir = workdir.parent
-    config = _saved_config(workdir)
-    kind = config.get("train", {}).get("task", "diffusion")
-    if kind != "classifier":
-        raise InputError(
-            f"{workdir}: train.task is {kind!r}, not a classifier (train one with "
-            "configs/classifier_ms.py or configs/classifier_adni.py)"
-        )
-    checkpoints = Checkpoints(workdir)
-    try:
-        if checkpoints.latest_step is None:
-            raise FileNotFoundError(f"{workdir}: no checkpoint in {checkpoints.directory}")
-        key = jax.random.key(int(config.train.get("seed", 0)))
-        task = ClassifierTask(config, key, restoring=True)  # its weights: the checkpoint's
-        wanted = {"step": jax.ShapeDtypeStruct((), "int32"), "ema": abstract_like(task.params)}
-        try:
-            restored = checkpoints.restore_subtrees(wanted, step)
-        except (ValueError, KeyError, TypeError) as err:
-            detail = " ".join(str(err).split())[:300]
-            raise InputError(
-                f"{checkpoints.directory}: the checkpoint's weights do not match the network "
-                f"of {workdir / 'config.json'} ({detail})"
-            ) from None
-    finally:
-        checkpoints.close()
-    params = jax.tree.map(jnp.asarray, restored["ema"])
-    return Classifier(config, task, params, int(restored["step"]), workdir)
+    workdir, config, task, params, restored_step = restore_trained(
+        workdir,
+        "classifier",
+        lambda config, key: ClassifierTask(config, key, restoring=True),
+        "not a classifier (train one with configs/classifier_ms.py or configs/classifier_adni.py)",
+        step,
+    )
+    return Classifier(config, task, params, restored_step, workdir)

@@ -103,6 +103,15 @@ def _write_text(path: pathlib.Path, text: str) -> None:
     os.replace(tmp.name, path)
 
 
+def write_summary(summary: dict[str, Any], table: str, out: pathlib.Path) -> dict[str, Any]:
+    """An evaluation's result: out/metrics.json (summary) and out/metrics.md (its table),
+    each written atomically; returns the summary with "table" added."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    _write_text(out / "metrics.md", table + "\n")
+    return {**summary, "table": table}
+
+
 def write_table(
     rows: Sequence[dict[str, Any]], columns: Sequence[str], stem: pathlib.Path
 ) -> tuple[pathlib.Path, pathlib.Path]:

@@ -32,7 +32,6 @@ metrics.json, metrics.md and panel_<i>.png (one row per setting) for the first i
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from jaxcf.errors import InputError
 from jaxcf.evaluation.image_metrics import ssim
 from jaxcf.evaluation.localization import edit_localization
 from jaxcf.evaluation.metrics import markdown_table
+from jaxcf.evaluation.reports import write_summary
 from jaxcf.experiments.cxr_attention import METHOD, PANEL_TITLES, panel_tiles
 from jaxcf.experiments.prompt_swap_eval import split_arrays
 from jaxcf.visualization import save_panel
@@ -205,10 +205,7 @@ def evaluate(
         "panels": panels,
         "seconds": time.perf_counter() - started,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    table = markdown(summary)
-    (out / "metrics.md").write_text(table)
-    return {**summary, "table": table}
+    return write_summary(summary, markdown(summary), out)
 
 
 def markdown(summary: dict) -> str:

@@ -26,7 +26,6 @@ ratio to the subject's own median.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import re
 import time
@@ -45,6 +44,7 @@ from jaxcf.evaluation.image_metrics import (
     ms_ssim_settings,
     subject_preservation,
 )
+from jaxcf.evaluation.reports import write_summary
 from jaxcf.experiments.prompt_swap import METHOD, orthogonal_tiles
 
 # Voxels of a [0, 1]-scaled volume above this are inside the head (the background is 0).
@@ -465,10 +465,7 @@ def evaluate(
         "panels": [str(p) for p in panels],
         "seconds": time.perf_counter() - started,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    table = markdown(summary)
-    (out / "metrics.md").write_text(table + "\n")
-    return {**summary, "table": table}
+    return write_summary(summary, markdown(summary), out)
 
 
 def _real_example(

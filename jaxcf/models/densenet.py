@@ -35,7 +35,7 @@ from flax import nnx
 from jax import lax
 
 from jaxcf.errors import InputError
-from jaxcf.models import conv3d, init
+from jaxcf.models import init
 from jaxcf.models import layers as L
 
 __all__ = ["PRESETS", "DenseNet"]
@@ -44,18 +44,8 @@ __all__ = ["PRESETS", "DenseNet"]
 def _conv(spatial_dims: int, cin: int, cout: int, kernel: int, *, stride=1, padding=0, dtype, rngs):
     """A bias-free convolution, He-normal initialised (MONAI's kaiming_normal_, fan_in)."""
     std = math.sqrt(2.0 / (cin * kernel**spatial_dims))
-    return nnx.Conv(
-        cin,
-        cout,
-        (kernel,) * spatial_dims,
-        strides=(stride,) * spatial_dims,
-        padding=((padding, padding),) * spatial_dims,
-        use_bias=False,
-        kernel_init=init.normal(std),
-        dtype=dtype,
-        conv_general_dilated=conv3d.conv_general_dilated,
-        rngs=rngs,
-    )
+    return L.conv(spatial_dims, cin, cout, kernel, stride=stride, padding=padding, bias=False,
+                  kernel_init=init.normal(std), dtype=dtype, rngs=rngs)  # fmt: skip
 
 
 def _pool(x: jax.Array, kind: str, window: int, stride: int, pad: int) -> jax.Array:
@@ -174,17 +164,9 @@ class DenseNet(nnx.Module):
             )
 
     def _layer(self, layer: _DenseLayer, h: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
-        if not self.remat:
-            return layer(h, rngs)
         # A dense block's concatenations make activations grow quadratically with depth;
-        # remat keeps only each layer's input. The dropout key is drawn outside (a remat
-        # does not advance the Rngs counter), as in jaxcf.models.unet.
-        key = None if rngs is None else rngs.dropout()
-
-        def run(layer, h, key):
-            return layer(h, None if key is None else nnx.Rngs(dropout=key))
-
-        return nnx.remat(run, graph_updates=False)(layer, h, key)
+        # remat keeps only each layer's input.
+        return L.remat_call(layer, h, rngs) if self.remat else layer(h, rngs)
 
     def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
         """x (B, *spatial, C_in) -> logits (B, num_classes) float32."""

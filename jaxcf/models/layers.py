@@ -44,6 +44,19 @@ def linear(
 # --- embeddings -----------------------------------------------------------------------------
 
 
+def remat_call(module: nnx.Module, h: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+    """module(h, rngs), recomputed in the backward pass instead of keeping its activations.
+    graph_updates=False keeps gradients with respect to the input alone working; inside a
+    remat the Rngs counter does not advance, so the dropout key is drawn outside and handed
+    in as a fresh Rngs."""
+    key = None if rngs is None else rngs.dropout()
+    return nnx.remat(_call_with_dropout_key, graph_updates=False)(module, h, key)
+
+
+def _call_with_dropout_key(module: nnx.Module, h: jax.Array, key: jax.Array | None) -> jax.Array:
+    return module(h, None if key is None else nnx.Rngs(dropout=key))
+
+
 def timestep_embedding(
     t: jax.Array, dim: int, *, max_period: float = 10000.0, freq_shift: float = 0.0
 ) -> jax.Array:
@@ -187,22 +200,41 @@ def conv(
     stride: int = 1,
     padding: Any = "SAME",
     zero_init: bool = False,
+    bias: bool = True,
+    kernel_init: Callable | None = None,
     dtype: Dtype = None,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
     """An N-d convolution with float32 parameters; 3-D ones run as 2-D convolutions over
-    depth offsets on CPU (jaxcf.models.conv3d), natively elsewhere."""
+    depth offsets on CPU (jaxcf.models.conv3d), natively elsewhere. padding: "SAME", or an
+    int p for p voxels on each side of every axis. The kernel starts as PyTorch's default
+    (kernel_init replaces it; zero_init: zeros), the bias at zero."""
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * spatial_dims
+    if kernel_init is None:
+        kernel_init = zeros if zero_init else init.torch_default()
     return nnx.Conv(
         cin,
         cout,
         (kernel,) * spatial_dims,
         strides=(stride,) * spatial_dims,
         padding=padding,
-        kernel_init=zeros if zero_init else init.torch_default(),
+        use_bias=bias,
+        kernel_init=kernel_init,
         dtype=dtype,
         conv_general_dilated=conv3d.conv_general_dilated,
         rngs=rngs,
     )
+
+
+def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Instance norm without affine (torch InstanceNormNd's defaults): per item and channel
+    over space, two-pass statistics in float32. x (B, *spatial, C)."""
+    h = x.astype(jnp.float32)
+    axes = tuple(range(1, h.ndim - 1))
+    centred = h - h.mean(axes, keepdims=True)
+    var = jnp.square(centred).mean(axes, keepdims=True)
+    return (centred * lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def avg_pool2(x: jax.Array) -> jax.Array:

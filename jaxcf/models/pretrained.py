@@ -57,12 +57,26 @@ def _densenet(path: str, module: nnx.Module) -> nnx.State:
     return load_densenet_checkpoint(path, nnx.state(module))
 
 
+def _resunet(path: str, module: nnx.Module) -> nnx.State:
+    from jaxcf.convert.monai_unet import load_resunet_checkpoint
+
+    return load_resunet_checkpoint(path, nnx.state(module))
+
+
+def _swin_unetr(path: str, module: nnx.Module) -> nnx.State:
+    from jaxcf.convert.swin_unetr import load_swin_unetr_checkpoint
+
+    return load_swin_unetr_checkpoint(path, nnx.state(module))
+
+
 # family -> loader(path, module built abstractly) -> its filled parameter state
 LOADERS: dict[str, Loader] = {
     "sd_unet": _sd_unet,  # diffusers UNet2DConditionModel folders, single-file SD checkpoints
     "dit": _dit,  # facebookresearch DiT and diffusers DiTTransformer2DModel
     "vae": _vae,  # diffusers AutoencoderKL
     "densenet": _densenet,  # MONAI DenseNet (GroupNorm)
+    "resunet": _resunet,  # MONAI UNet with residual units
+    "swin_unetr": _swin_unetr,  # MONAI SwinUNETR (e.g. its BraTS weights)
 }
 
 

@@ -4,8 +4,9 @@
     model_fn = functools.partial(apply_fn, params)      # a sampler's model_fn(x_t, t, cond)
 
 `model_config` (an ml_collections.ConfigDict or a dict) has `family` ("unet", "wdm",
-"dit", "sd_unet": Stable Diffusion's latent UNet, "vae", or "densenet": a classifier,
-apply_fn(params, x) -> logits), an optional
+"dit", "sd_unet": Stable Diffusion's latent UNet, "vae", "densenet": a classifier,
+apply_fn(params, x) -> logits, or the segmenters "resunet" / "swin_unetr", apply_fn(params,
+x) -> per-voxel logits), an optional
 `preset` name from that family's PRESETS, `dtype` (compute dtype: "float32" or
 "bfloat16"; parameters stay float32), `remat`, and any constructor argument, which
 overrides the preset (a field set to None keeps the preset's value). `checkpoint` is not
@@ -38,6 +39,8 @@ FAMILIES = {
     "sd_unet": ("jaxcf.models.sd_unet", "SDUNetDenoiser"),
     "vae": ("jaxcf.models.vae", "AutoencoderKL"),
     "densenet": ("jaxcf.models.densenet", "DenseNet"),
+    "resunet": ("jaxcf.models.resunet", "ResUNet"),
+    "swin_unetr": ("jaxcf.models.swin_unetr", "SwinUNETR"),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _NOT_KWARGS = ("family", "preset", "checkpoint")
@@ -183,8 +186,9 @@ class VAEApply(_ModelApply):
 
 
 class ClassifierApply(_ModelApply):
-    """Functional classifier: __call__(params, x, *, dropout_key=None) -> (B, classes)
-    float32 logits; dropout_key turns dropout on (training)."""
+    """Functional classifier or segmenter: __call__(params, x, *, dropout_key=None) ->
+    float32 logits, (B, classes) for a classifier, (B, *spatial, classes) for a segmenter;
+    dropout_key turns dropout on (training)."""
 
     def __call__(self, params, x, *, dropout_key=None):
         rngs = nnx.Rngs(dropout=dropout_key) if dropout_key is not None else None
@@ -192,7 +196,12 @@ class ClassifierApply(_ModelApply):
 
 
 # The apply function of each family that is not a denoiser.
-_APPLY = {"vae": VAEApply, "densenet": ClassifierApply}
+_APPLY = {
+    "vae": VAEApply,
+    "densenet": ClassifierApply,
+    "resunet": ClassifierApply,
+    "swin_unetr": ClassifierApply,
+}
 
 
 def _apply_for(model_config: Any, graphdef: nnx.GraphDef):

@@ -329,6 +329,34 @@ PRESETS: dict[str, dict] = {
     # modalities, healthy / tumour). The paper gives no hyper-parameters and builds on
     # Diff-SCM, so jaxcf uses Diff-SCM's 128 px network.
     "pcf_unet_brats128": _DIFFSCM_128,
+    # Paper 002's 3-D diffusion refiner (Sec. 3.3): the paper names "a 3D U-Net" on 96^3
+    # crops without its sizes; jaxcf's: 32 channels, mult 1,2,2,4 (96 -> 12), two res blocks,
+    # attention at 12^3 only; 4 sequences + 4 noisy classes + 4 prior classes in, 4 out.
+    "refiner_peds": dict(
+        spatial_dims=3,
+        image_size=96,
+        in_channels=12,
+        out_channels=4,
+        model_channels=32,
+        channel_mult=(1, 2, 2, 4),
+        num_res_blocks=2,
+        attention_resolutions=(12,),
+        num_heads=4,
+    ),
+    # The phantom proof's refiner (configs/refiner_peds.py:phantom48): 32^3 crops, 8 channels,
+    # no attention (a CPU budget: 16 channels cost 3.1 s per step of 4 crops, 8 cost 1.3 s).
+    "refiner_small": dict(
+        spatial_dims=3,
+        image_size=32,
+        in_channels=12,
+        out_channels=4,
+        model_channels=8,
+        channel_mult=(1, 2, 4),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        mid_attention=False,
+        groups=8,
+    ),
     # Tiny networks for tests and CPU quickstarts.
     "tiny2d": dict(
         spatial_dims=2,

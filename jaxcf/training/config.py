@@ -1,10 +1,10 @@
 """The shared skeleton of every experiment config (configs/*.py start from it).
 
 Groups: data (jaxcf.data.config), model (jaxcf.models.build), text (prompt encoder), vae
-(frozen autoencoder of latent models), vae_loss, diffusion (schedule, space, condition,
-objective), optim, train, sampler (preview samples), mesh, counterfactual (the method runner
-and one sub-config per registered method),
-eval (metrics over a split). Every field a command line may
+(frozen autoencoder of latent models), vae_loss, seg_loss and refiner (paper 002's
+segmenters and refiner), diffusion (schedule, space, condition, objective), optim, train,
+sampler (preview samples), mesh, counterfactual (the method runner and one sub-config per
+registered method), eval (metrics over a split). Every field a command line may
 override (--config.group.field=value) exists here, because configs are locked.
 
 Every configs/NAME.py has ``get_config(arg=None)``: ``arg="toy"`` (``--config=FILE:toy``)
@@ -92,6 +92,13 @@ def base_config() -> ml_collections.ConfigDict:
         }
     )
     c.vae_loss = ml_collections.ConfigDict({"kl_weight": 1e-6, "mask_weight": 0.0})
+    # train.task = "segmentation" (paper 002's coarse segmenters): dice (Eq. 2) | dice_ce;
+    # squared: Eq. 2's denominator sum(Y^2 + Yhat^2) instead of sum(Y + Yhat)
+    c.seg_loss = ml_collections.ConfigDict({"kind": "dice", "squared": True})
+    # train.task = "refiner" (paper 002 Sec. 3.3): coarse = the workdir of a trained
+    # segmenter whose probabilities condition the refiner ("" = unconditional); Eq. 9's
+    # boundary-weighted MSE weight and its class-edge weight w
+    c.refiner = ml_collections.ConfigDict({"coarse": "", "mse_weight": 0.1, "edge_weight": 3.0})
 
     c.diffusion = ml_collections.ConfigDict(
         {
@@ -129,7 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.train = ml_collections.ConfigDict(
         {
-            "task": "diffusion",  # diffusion | vae | classifier
+            "task": "diffusion",  # diffusion | vae | classifier | segmentation | refiner
             "num_steps": 1000,
             "log_every": 50,
             "checkpoint_every": 1000,
@@ -537,6 +544,54 @@ def num_labels(dataset: str) -> int:
     if dataset not in LABEL_NAMES:
         raise InputError(f"data.dataset must be one of {', '.join(LABEL_NAMES)}, got {dataset!r}")
     return len(LABEL_NAMES[dataset])
+
+
+def segmentation_config(
+    family: str, preset: str, batch_size: int, in_channels=None
+) -> ml_collections.ConfigDict:
+    """Paper 002's coarse segmenters (configs/resunet_peds.py, configs/swinunetr_peds.py;
+    train.task = "segmentation", Table 1): BraTS-PEDs volumes (four sequences, foreground-
+    cropped, z-scored; the seg3d pipeline), random 96^3 crops centred on tumour half of the
+    time, flips, rot90 and intensity jitter, the four classes (background, NC, ED, ET) from
+    the label map, Soft Dice (Eq. 2), AdamW 1e-4 with weight decay 1e-5 at a constant rate,
+    no EMA (the paper keeps the best validation checkpoint; ema_decay 0 keeps the weights).
+    in_channels: in_channels(c) -> the model's input channels (a FieldReference derived from
+    c's fields); default: the data's channels."""
+    c = base_config()
+    c.train.task = "segmentation"
+    c.data.update(
+        dataset="brats-peds", task="seg3d", augment=True, crop_size=96, batch_size=batch_size
+    )
+    c.model.update(
+        family=family,
+        preset=preset,
+        in_channels=in_channels(c) if in_channels else follow(c.data, "channels"),
+        out_channels=4,  # jaxcf.segmentation.labels.NUM_CLASSES
+    )
+    c.optim.update(lr=1e-4, weight_decay=1e-5, grad_clip=0.0, ema_decay=0.0, ema_warmup=False)
+    c.train.update(num_steps=50_000, log_every=50, checkpoint_every=2_000, sample_every=0)
+    return c
+
+
+def refiner_channels(channels: int, coarse: str) -> int:
+    """[I; Y_t] (channels + 4 classes) or, with a coarse model, [I; Y_t; C] (+ 4 more)."""
+    return int(channels) + 4 * (2 if coarse else 1)
+
+
+def refiner_in_channels(c: ml_collections.ConfigDict):
+    """The refiner's model.in_channels, following data.channels and refiner.coarse
+    (configs/refiner_peds.py; segmentation_config's in_channels argument)."""
+    return derived(refiner_channels, c.data.get_ref("channels"), c.refiner.get_ref("coarse"))
+
+
+def peds_phantom48_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The data of paper 002's phantom proof (configs/resunet_peds.py:phantom48 and
+    configs/refiner_peds.py:phantom48), on top of apply_toy: 60 BraTS-PEDs phantoms (MNI152
+    anatomy) at 48^3, a tenth tumour-free, 32^3 training crops, batch 4; both render the
+    same phantoms (same seed, cases and size)."""
+    c.data.update(dataset="brats-peds", task="seg3d", crop_size=32, batch_size=4)
+    c.data.phantom.update(cases=60, size=48, anatomy="mni152", tumour_free_fraction=0.1)
+    return c
 
 
 def classifier_config(dataset: str) -> ml_collections.ConfigDict:

@@ -36,7 +36,10 @@ Samplers run the prompt encoder once, not at every step: prepare_cond(params, fr
 cond) encodes a condition, and model_fn passes an encoded condition straight through.
 
 Besides diffusion: VAETask trains a latent model's autoencoder, ClassifierTask a classifier
-of batch["label"] (paper 004's text-alignment judge, jaxcf.evaluation.alignment).
+of batch["label"] (paper 004's text-alignment judge, jaxcf.evaluation.alignment), and
+jaxcf.training.segment_task.SegmentationTask a segmenter of batch["seg"] (paper 002's coarse
+Res U-Net / Swin-UNETR), and jaxcf.training.refine_task.RefinerTask paper 002's diffusion
+refiner of label maps.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from jaxcf import models
 from jaxcf.errors import InputError
 from jaxcf.models import vae as vae_models
 from jaxcf.training.conditioners import BOS_ID, build_conditioner
+from jaxcf.training.schedule import make_schedule
 from jaxcf.training.spaces import build_space, check_vae, load_vae_params
 
 __all__ = [
@@ -66,28 +70,6 @@ __all__ = [
     "make_schedule",
     "make_task",
 ]
-
-
-def make_schedule(diffusion: Any) -> D.Schedule:
-    kind = diffusion.schedule
-    common = dict(prediction=diffusion.prediction)
-    # beta_start / beta_end: 0 keeps the schedule's own (DDPM's 1e-4, 0.02; SD's 0.00085,
-    # 0.012); only the beta schedules have them.
-    betas = {k: float(diffusion.get(k, 0.0)) for k in ("beta_start", "beta_end")}
-    betas = {k: v for k, v in betas.items() if v}
-    if betas and kind not in ("linear", "scaled_linear"):
-        raise InputError(
-            f"diffusion.{next(iter(betas))} applies to linear / scaled_linear betas, not to "
-            f"diffusion.schedule={kind!r}"
-        )
-    if kind == "rectified_flow":
-        return D.rectified_flow(diffusion.num_timesteps, shift=diffusion.shift, **common)
-    makers = {"linear": D.linear, "cosine": D.cosine, "scaled_linear": D.scaled_linear}
-    if kind not in makers:
-        raise InputError(
-            f"diffusion.schedule must be one of {[*makers, 'rectified_flow']}, got {kind!r}"
-        )
-    return makers[kind](diffusion.num_timesteps, variance=diffusion.variance, **betas, **common)
 
 
 class DiffusionTask:
@@ -350,7 +332,25 @@ def _classifier(config: Any, key: jax.Array, restoring: bool):
     return ClassifierTask(config, key, restoring=restoring)
 
 
-TASKS = {"diffusion": _diffusion, "vae": _vae, "classifier": _classifier}
+def _segmentation(config: Any, key: jax.Array, restoring: bool):
+    from jaxcf.training.segment_task import SegmentationTask
+
+    return SegmentationTask(config, key, restoring=restoring)
+
+
+def _refiner(config: Any, key: jax.Array, restoring: bool):
+    from jaxcf.training.refine_task import RefinerTask
+
+    return RefinerTask(config, key, restoring=restoring)
+
+
+TASKS = {
+    "diffusion": _diffusion,
+    "vae": _vae,
+    "classifier": _classifier,
+    "segmentation": _segmentation,
+    "refiner": _refiner,
+}
 
 
 def make_task(config: Any, key: jax.Array, *, restoring: bool = False):

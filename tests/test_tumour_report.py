@@ -88,7 +88,7 @@ def test_side_flips_with_affine():
     x_right = -10.0 + 0.5 * centroid[0]
     assert right["location"]["centroid_world_mm"][0] == pytest.approx(x_right, abs=0.01)
     assert left["location"]["centroid_world_mm"][0] == pytest.approx(-x_right, abs=0.01)
-    assert right["location"]["side"] == "right"  # RAS+: x > 0 is the patient's right
+    assert right["location"]["side"] == "right"  # RAS+: +x toward the patient's right
     assert left["location"]["side"] == "left"
     assert right["location"]["world_x_fraction"] == {"right": 1.0, "left": 0.0}
     assert left["location"]["world_x_fraction"] == {"right": 0.0, "left": 1.0}
@@ -98,6 +98,20 @@ def test_side_flips_with_affine():
     mid = np.zeros(SHAPE, np.int16)
     mid[19:22, 10:12, 5] = 3
     assert tr.case_report("m", mid, SPACING, affine=_affine())["location"]["side"] == "midline"
+
+
+def test_side_is_measured_from_the_heads_midline_not_the_origin():
+    """A header whose x = 0 is at the volume's edge (world x = -i): without the image the
+    tumour at i = 8 reads left of x = 0; the head spans i = 0..39, so it is 11.5 mm right of
+    the head's midline (x = -19.5)."""
+    labels = np.zeros((40, 8, 8), np.uint8)
+    labels[8, 3:5, 3:5] = 2
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    head = np.ones((40, 8, 8, 1), np.float32)
+    alone = tr.case_report("c", labels, (1, 1, 1), affine=affine)
+    seen = tr.case_report("c", labels, (1, 1, 1), affine=affine, image=head, modalities=("t1",))
+    assert alone["location"]["side"] == "left" and seen["location"]["side"] == "right"
+    assert seen["location"]["midline_world_x_mm"] == -19.5
 
 
 def test_axial_axis_from_affine():
@@ -137,7 +151,7 @@ def test_markdown_contains_numbers():
     assert "| NC (necrotic / non-enhancing core) | 8 | 6.0 | 0.006 |" in md
     assert "| WT (whole tumour) | 60 | 45.0 | 0.045 |" in md
     assert "ET/WT: 0.20" in md and "ED/WT: 0.67" in md
-    assert "Side: right" in md and "x > 0 is the patient's right" in md
+    assert "Side: right" in md and "+x toward the patient's right" in md
     assert "Largest axial slice (axis 2): index 5, 11.2 mm^2" in md
 
 

@@ -18,11 +18,13 @@ Location. The centroid of the whole tumour (WT) is given in voxel indices and, w
 affine, in world mm (``world = affine @ [i, j, k, 1]``). NIfTI world coordinates are RAS+:
 +x points to the patient's Right, +y Anterior, +z Superior, so world x > 0 is the patient's
 RIGHT and x < 0 the LEFT (DICOM / ITK's LPS+ is the opposite). The side is read from the
-centroid's world x, "midline" within ``midline_mm`` of x = 0; this assumes x = 0 is the
-mid-sagittal plane, which holds for atlas-registered data (BraTS is registered to the SRI24
-atlas) but not in general for native scanner space. Without an affine the side is "unknown"
-(voxel order alone does not say which way is left). The report also gives the fraction of WT
-voxels on each side of x = 0 (a tumour crossing the midline has both non-zero).
+centroid's world x against the mid-sagittal plane, "midline" within ``midline_mm`` of it. The
+plane is the world x of the head's centroid (the image's non-zero voxels) when the image is
+given, since headers need not put x = 0 there (a scanner's or a dataset's origin); without
+an image it is x = 0, right for atlas-origin data only. Without an affine the side is
+"unknown" (voxel order alone does not say which way is left). The report also gives the
+fraction of WT voxels on each side of the plane (a tumour crossing the midline has both
+non-zero).
 
 The axial axis is the voxel axis the affine maps closest to S/I (``nibabel.aff2axcodes``),
 axis 2 (the Z of jaxcf's (X, Y, Z) volumes) without an affine. The overlay PNG shows the
@@ -86,9 +88,10 @@ SOURCE_NOTE = (
     "errors in the segmentation carry over to every value."
 )
 SIDE_NOTE = (
-    "Side from the world (scanner / atlas) x coordinate, NIfTI RAS+ convention: x > 0 is "
-    "the patient's right, x < 0 the patient's left; assumes x = 0 is the mid-sagittal plane "
-    "(true for atlas-registered data such as BraTS / SRI24)."
+    "Side from the world x coordinate, NIfTI RAS+ convention (+x toward the patient's "
+    "right), measured from the mid-sagittal plane taken as the world x of the head's "
+    "centroid (x = 0 when no image is given); a head that is not centred on its own "
+    "midline (resection, mass effect) shifts it."
 )
 
 
@@ -272,15 +275,22 @@ def case_report(
         if a is not None:
             world = a @ np.append(centroid, 1.0)
             location["centroid_world_mm"] = [_round(w, 2) for w in world[:3]]
-            x = a[0, 0] * idx[0] + a[0, 1] * idx[1] + a[0, 2] * idx[2] + a[0, 3]
+            # The mid-sagittal plane: the world x of the head's centroid (the image's non-zero
+            # voxels) when the image is given, else x = 0 (an atlas origin).
+            mid = 0.0
+            if image is not None and np.any(image != 0):
+                head = np.nonzero(np.any(image != 0, axis=-1))
+                mid = float((a @ np.append([c.mean() for c in head], 1.0))[0])
+            location["midline_world_x_mm"] = _round(mid, 2)
+            x = a[0, 0] * idx[0] + a[0, 1] * idx[1] + a[0, 2] * idx[2] + a[0, 3] - mid
             location["world_x_fraction"] = {
                 "right": _round(np.mean(x > 0)),
                 "left": _round(np.mean(x < 0)),
             }
-            if abs(world[0]) <= midline_mm:
+            if abs(world[0] - mid) <= midline_mm:
                 location["side"] = "midline"
             else:
-                location["side"] = "right" if world[0] > 0 else "left"
+                location["side"] = "right" if world[0] > mid else "left"
         in_plane = [s for i, s in enumerate(sp) if i != axial]
         area = wt.sum(axis=tuple(i for i in range(3) if i != axial))
         z = int(np.argmax(area))
@@ -377,7 +387,8 @@ def _location_lines(report: Mapping[str, Any]) -> list[str]:
     if loc["world_x_fraction"]:
         f = loc["world_x_fraction"]
         lines.append(
-            f"Share of tumour voxels right / left of x = 0: {f['right']:.2f} / {f['left']:.2f}"
+            "Share of tumour voxels right / left of the midline: "
+            f"{f['right']:.2f} / {f['left']:.2f}"
         )
     lines += [
         f"Bounding box extent: {extent}",

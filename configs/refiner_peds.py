@@ -56,4 +56,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.preset = "refiner_small"
         c.optim.warmup_steps = 100
         c.train.update(num_steps=1200, log_every=50, checkpoint_every=300)
+        c.eval.max_items = 0  # every test volume
     return c

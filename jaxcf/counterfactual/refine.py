@@ -41,9 +41,9 @@ from jaxcf.counterfactual.model import MethodModel
 from jaxcf.diffusion.process import q_sample
 from jaxcf.diffusion.samplers import ddim_sample, dpm_solver_pp, start_timestep
 from jaxcf.errors import InputError
+from jaxcf.segmentation.labels import NUM_CLASSES
 
 LABEL = "Diffusion refiner"
-NUM_CLASSES = 4  # jaxcf.segmentation.labels.NUM_CLASSES
 FIELD = "counterfactual.refine"
 
 

@@ -133,10 +133,6 @@ def cropped_affine(case: dict) -> np.ndarray | None:
     return affine @ shift
 
 
-def _summary_row(rows: list[dict]) -> dict[str, float]:
-    return brats.table3_row(brats.summarize_volumes(rows))
-
-
 def evaluate(refiner: Any, split: str, out: pathlib.Path, *, progress: bool = True) -> dict:
     """Table 3 of the module docstring -> out/metrics.json, metrics.md, per_case.json,
     panels and reports. refiner: jaxcf.inference.load_refiner's."""
@@ -206,7 +202,7 @@ def evaluate(refiner: Any, split: str, out: pathlib.Path, *, progress: bool = Tr
             )
         bar.update(1)
     bar.close()
-    results = {name: _summary_row(r) for name, r in rows.items()}
+    results = {name: brats.table3_row(brats.summarize_volumes(r)) for name, r in rows.items()}
     summary = {
         "method": "refine",
         "split": split,

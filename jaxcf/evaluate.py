@@ -13,7 +13,8 @@ normal radiographs asked for an opacity in one lung zone: SSIM, the share of the
 outside the ROI and outside the lungs, ROI hit rate and gain, and with --classifier=WORKDIR
 paper 003's Conf (jaxcf.experiments.attention_eval).
 
---method=refine (paper 002, a refiner workdir trained with configs/refiner_peds.py):
+--method=refine (paper 002, a refiner workdir trained with configs/refiner_peds.py, or a
+MedSegDiff one trained with configs/medsegdiff_peds.py, run slice by slice):
 Table 3 (Dice TC / WT / ET / avg, HD95 in mm, sensitivity, precision) of the coarse
 segmenter alone and of its prediction refined, over the split's whole volumes, with
 per-case scores, comparison panels and structured reports (jaxcf.experiments.refine_eval).

@@ -34,12 +34,11 @@ from jaxcf.counterfactual.model import MethodModel
 from jaxcf.data.text import Tokenizer
 from jaxcf.errors import InputError
 from jaxcf.training.conditioners import Conditioner
-from jaxcf.training.refine_task import RefinerTask
 from jaxcf.training.tasks import DiffusionTask, make_task
 
 # Groups that describe the trained network: taken from the workdir's config.json (and its
 # data group, unless data.root is given).
-NETWORK_GROUPS = ("model", "text", "vae", "diffusion", "refiner")
+NETWORK_GROUPS = ("model", "text", "vae", "diffusion", "refiner", "medsegdiff")
 
 
 def merge_network(config: ml_collections.ConfigDict, trained: ml_collections.ConfigDict):
@@ -235,12 +234,12 @@ def load_trained(
 
 @dataclasses.dataclass
 class Refiner:
-    """A trained diffusion refiner (train.task = "refiner"): its config, RefinerTask (with
-    the frozen coarse segmenter, task.coarse, when conditional), restored weights, step and
-    workdir."""
+    """A trained diffusion refiner (train.task = "refiner" or "medsegdiff"): its config,
+    task (RefinerTask or MedSegDiffTask, with the frozen coarse segmenter, task.coarse, when
+    conditional), restored weights, step and workdir."""
 
     config: ml_collections.ConfigDict
-    task: Any  # jaxcf.training.refine_task.RefinerTask
+    task: Any  # jaxcf.training.refine_task.RefinerTask or its MedSegDiffTask subclass
     params: Any
     step: int
     workdir: pathlib.Path
@@ -258,13 +257,14 @@ def load_refiner(
     workdir = workdir_of(workdir)
     trained = saved_config(workdir)
     kind = trained.get("train", {}).get("task", "diffusion")
-    if kind != "refiner":
+    if kind not in ("refiner", "medsegdiff"):
         raise InputError(
             f"{workdir}: train.task is {kind!r}, not a diffusion refiner (train one with "
-            "configs/refiner_peds.py)"
+            "configs/refiner_peds.py or configs/medsegdiff_peds.py)"
         )
     config = trained if config is None else merge_network(config, trained)
+    config.train.task = kind  # the workdir's kind of refiner, whatever --config names
     key = jax.random.key(int(trained.train.get("seed", 0)))
-    task = RefinerTask(config, key, restoring=True)
+    task = make_task(config, key, restoring=True)
     params, restored_step = restore_ema(workdir, task.params, step)
     return Refiner(config, task, params, restored_step, workdir)

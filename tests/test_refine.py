@@ -213,3 +213,32 @@ def test_evaluate_refine_writes_table_3_panels_and_reports(trained_pair, tmp_pat
     assert evaluate_cli.main(bad) == 2
     err = capsys.readouterr().err.strip()
     assert "not a diffusion refiner" in err and len(err.splitlines()) == 1
+
+
+def test_medsegdiff_trains_on_the_coarse_prior_and_evaluates_slice_by_slice(
+    trained_pair, tmp_path, capsys
+):
+    """configs/medsegdiff_peds.py:toy, conditional on the toy coarse model: train CLI, then
+    `evaluate --method=refine` runs it over the volumes' axial slices (odd sides padded)."""
+    coarse, _ = trained_pair
+    workdir, out = tmp_path / "medsegdiff", tmp_path / "eval"
+    config = f"--config={REPO / 'configs' / 'medsegdiff_peds.py'}:toy"
+    argv = ["train", config, f"--workdir={workdir}", f"--config.refiner.coarse={coarse}"]
+    assert train_cli.main([*argv, "--config.train.num_steps=2"]) == 0
+    line = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"noise_mse", "dice_ce", "dice_wt"} <= set(line)
+    assert line["loss"] == pytest.approx(line["noise_mse"] + 10.0 * line["dice_ce"], rel=1e-4)
+    argv = ["evaluate", config, f"--checkpoint={workdir}", "--method=refine", "--split=train"]
+    argv += [f"--out={out}", "--config.counterfactual.medsegdiff.num_steps=3"]
+    assert evaluate_cli.main(argv) == 0, capsys.readouterr().err
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["method"] == "medsegdiff" and summary["window"] == "axial slices"
+    assert list(summary["results"]) == ["Coarse (resunet)", "MedSegDiff (conditional)"]
+    assert 0.0 <= summary["results"]["MedSegDiff (conditional)"]["dice_avg"] <= 1.0
+    assert "DPM-Solver++ 3 steps" in (out / "metrics.md").read_text()
+    # A network that does not read the prior, asked to train on one: one line, exit 2.
+    capsys.readouterr()
+    bad = ["train", config, f"--workdir={tmp_path / 'bad'}", f"--config.refiner.coarse={coarse}"]
+    assert train_cli.main([*bad, "--config.model.prior=False"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the data's progress bars
+    assert "and the coarse prior" in last and "model.prior False" in last

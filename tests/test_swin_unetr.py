@@ -117,7 +117,8 @@ def test_constructor_refuses_invalid_widths():
 def test_presets_have_monais_parameter_counts():
     # MONAI's SwinUNETR(in 4, out 3, feature_size 48): the 62.19 M of the BraTS 2021 model.
     assert _count(_abstract(PRESETS["brats"])) == 62_191_941
-    assert _count(_abstract(PRESETS["toy"])) == 3_887_194
+    # SwinUNETR(in 1, out 2, feature_size 12, depths 1-1-1-1, heads 1-2-3-4, window 4).
+    assert _count(_abstract(PRESETS["toy"])) == 3_734_544
 
 
 def test_converter_lists_missing_keys():
@@ -171,6 +172,29 @@ def test_swin_unetr_equals_monai_3d(tmp_path):
     torch.save({"epoch": 3, "state_dict": wrapped}, path)
     loaded = load_swin_unetr_checkpoint(path, _abstract(SMALL))
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.ref
+def test_pretrained_weights_start_a_network_with_a_new_head(tmp_path):
+    """MONAI's BraTS weights predict 3 channels; paper 002 fine-tunes to 4 classes: with
+    model.checkpoint_out_channels=3 every layer but the output is the checkpoint's."""
+    from jaxcf.models.pretrained import build_pretrained
+
+    torch, _, state = _monai(SMALL, seed=2)
+    path = tmp_path / "brats.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, path)
+    config = {"family": "swin_unetr", **SMALL, "out_channels": 4, "checkpoint": str(path)}
+    with pytest.raises(CheckpointError, match=r"out/kernel: shape .* in the model"):
+        build_pretrained(config, jax.random.key(0))
+    with pytest.warns(UserWarning, match=r"2 parameters .* new output head\): out/bias, out/k"):
+        _, params = build_pretrained({**config, "checkpoint_out_channels": 3}, jax.random.key(0))
+    loaded = nnx.to_pure_dict(swin_unetr_params(state, _abstract(SMALL)))
+    params = nnx.to_pure_dict(params)
+    assert params["out"]["kernel"].shape[-1] == 4
+    assert not np.allclose(params["out"]["kernel"][..., :3], loaded["out"]["kernel"])
+    del params["out"], loaded["out"]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -77,6 +77,18 @@ def denoiser_inputs(image: jax.Array, y_t: jax.Array, prior: jax.Array | None) -
     return jnp.concatenate([p.astype(jnp.float32) for p in parts], axis=-1)
 
 
+def label_shape(image: jax.Array, prior: jax.Array | None) -> tuple[int, ...]:
+    """The label map's shape (B, *spatial, 4) for `image`; InputError unless the prior,
+    when given, is class probabilities of that shape."""
+    shape = (*image.shape[:-1], NUM_CLASSES)
+    if prior is not None and tuple(prior.shape) != shape:
+        raise InputError(
+            f"the coarse prior must be class probabilities of shape {shape} (the image's "
+            f"voxels x {NUM_CLASSES} classes), got {tuple(prior.shape)}"
+        )
+    return shape
+
+
 def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
     """fn(weights, batch, key) -> {"counterfactual", "mask"} (module docstring). batch:
     {"image" (B, *spatial, C_img)} and, for a conditional refiner (trained with a coarse
@@ -94,12 +106,7 @@ def build(model: MethodModel, cfg: ml_collections.ConfigDict) -> Callable:
 
     def fn(weights: Any, batch: dict, key: jax.Array) -> dict:
         image, prior = batch["image"], batch.get("prior")
-        shape = (*image.shape[:-1], NUM_CLASSES)
-        if prior is not None and tuple(prior.shape) != shape:
-            raise InputError(
-                f"the coarse prior must be class probabilities of shape {shape} (the image's "
-                f"voxels x {NUM_CLASSES} classes), got {tuple(prior.shape)}"
-            )
+        shape = label_shape(image, prior)
 
         def model_fn(y_t, t, cond):
             logits = model.apply(weights, denoiser_inputs(image, y_t, prior), t, None)

@@ -31,6 +31,7 @@ METHODS: dict[str, str] = {
     "prompt_swap": "jaxcf.counterfactual.prompt_swap",
     "attention": "jaxcf.counterfactual.attention",
     "refine": "jaxcf.counterfactual.refine",
+    "medsegdiff": "jaxcf.counterfactual.medsegdiff",
 }
 
 REQUIRED = ("LABEL", "default_config", "build")

@@ -12,6 +12,13 @@ allocated once. A checkpoint that does not fit the configured network (missing o
 unexpected keys, other shapes, another config.json) is one CheckpointError naming the
 file; a family without a loader is refused by name.
 
+A pretrained segmenter whose output head has another width (MONAI's BraTS Swin-UNETR
+predicts 3 sigmoid channels TC / WT / ET; paper 002 fine-tunes it to 4 classes) is read
+with `checkpoint_out_channels` = the checkpoint's width: the file is converted into the
+network built with that width, and every parameter whose path and shape the configured
+network shares is taken from it; the rest (the output layer) keeps its random init,
+listed in a warning.
+
 Training tasks call this once, at the start of a run; a resumed run or inference
 (restoring=True) builds the random network that its own checkpoint then replaces, so the
 pretrained file is read once, not on every resume.
@@ -19,7 +26,8 @@ pretrained file is read once, not on every resume.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -85,14 +93,33 @@ def checkpoint_of(model_config: Any) -> str:
     return str(_as_dict(model_config).get("checkpoint") or "")
 
 
-def load_params(model_config: Any, path: str) -> tuple[Any, nnx.State]:
-    """(apply_fn, params) of the configured network with `path`'s converted weights."""
-    family, _ = model_kwargs(model_config)
+def checkpoint_width(model_config: Any) -> int:
+    """model.checkpoint_out_channels (0 when unset: the checkpoint's head is the model's)."""
+    return int(_as_dict(model_config).get("checkpoint_out_channels") or 0)
+
+
+def load_params(
+    model_config: Any, path: str, key: jax.Array | None = None
+) -> tuple[Any, nnx.State]:
+    """(apply_fn, params) of the configured network with `path`'s converted weights; with
+    model.checkpoint_out_channels, a new output head drawn with `key` (module docstring)."""
+    family, kwargs = model_kwargs(model_config)
     if family not in LOADERS:
         raise InputError(
             f"model.checkpoint={path!r}: the {family!r} family has no checkpoint loader "
             f"(families with one: {', '.join(sorted(LOADERS))})"
         )
+    width = checkpoint_width(model_config)
+    if width and width != kwargs.get("out_channels"):
+        if "out_channels" not in kwargs:
+            raise InputError(
+                f"model.checkpoint_out_channels={width}: the {family!r} network has no "
+                "out_channels to swap"
+            )
+        source = {**_as_dict(model_config), "out_channels": width, "checkpoint_out_channels": 0}
+        _, pretrained = load_params(source, path)
+        apply_fn, params = build(model_config, key if key is not None else jax.random.key(0))
+        return apply_fn, _take_shared(pretrained, params, path)
     apply_fn, abstract = build_abstract(model_config)
     module = nnx.merge(apply_fn.graphdef, abstract)
     params = LOADERS[family](path, module)
@@ -100,6 +127,31 @@ def load_params(model_config: Any, path: str) -> tuple[Any, nnx.State]:
     if left:  # a loader that skips a leaf is a bug: the converters fill every parameter
         raise RuntimeError(f"{path}: the {family} loader left {len(left)} parameters unset")
     return apply_fn, params
+
+
+def _take_shared(pretrained: nnx.State, params: nnx.State, path: str) -> nnx.State:
+    """params with every leaf that `pretrained` has at the same path and shape replaced by
+    it; warns with the paths of the leaves that keep their random init."""
+    fresh: list[str] = []
+
+    def take(mine, theirs, where):
+        if isinstance(mine, Mapping):
+            theirs = theirs if isinstance(theirs, Mapping) else {}
+            return {k: take(v, theirs.get(k), f"{where}/{k}") for k, v in mine.items()}
+        if theirs is not None and tuple(theirs.shape) == tuple(mine.shape):
+            return theirs
+        fresh.append(where.lstrip("/"))
+        return mine
+
+    merged = take(nnx.to_pure_dict(params), nnx.to_pure_dict(pretrained), "")
+    nnx.replace_by_pure_dict(params, merged)
+    if fresh:
+        warnings.warn(
+            f"{path}: {len(fresh)} parameters of another shape keep their random init "
+            f"(a new output head): {', '.join(fresh)}",
+            stacklevel=3,
+        )
+    return params
 
 
 def build_pretrained(model_config: Any, key: jax.Array, *, restoring: bool = False):
@@ -110,4 +162,4 @@ def build_pretrained(model_config: Any, key: jax.Array, *, restoring: bool = Fal
     path = checkpoint_of(model_config)
     if not path or restoring:
         return build(model_config, key)
-    return load_params(model_config, path)
+    return load_params(model_config, path, key)

@@ -9,9 +9,9 @@ apply_fn(params, x) -> logits, or the segmenters "resunet" / "swin_unetr", apply
 x) -> per-voxel logits), an optional
 `preset` name from that family's PRESETS, `dtype` (compute dtype: "float32" or
 "bfloat16"; parameters stay float32), `remat`, and any constructor argument, which
-overrides the preset (a field set to None keeps the preset's value). `checkpoint` is not
-a constructor argument: jaxcf.models.pretrained reads it (converted pretrained weights to
-start training from).
+overrides the preset (a field set to None keeps the preset's value). `checkpoint` and
+`checkpoint_out_channels` are not constructor arguments: jaxcf.models.pretrained reads them
+(converted pretrained weights to start training from, and the pretrained head's width).
 The module is split once with nnx.split; apply_fn merges it inside whatever jit it runs
 under, so it is a pure function of (params, inputs).
 """
@@ -41,9 +41,10 @@ FAMILIES = {
     "densenet": ("jaxcf.models.densenet", "DenseNet"),
     "resunet": ("jaxcf.models.resunet", "ResUNet"),
     "swin_unetr": ("jaxcf.models.swin_unetr", "SwinUNETR"),
+    "medsegdiff": ("jaxcf.models.medsegdiff", "MedSegDiff"),
 }
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_NOT_KWARGS = ("family", "preset", "checkpoint")
+_NOT_KWARGS = ("family", "preset", "checkpoint", "checkpoint_out_channels")
 
 
 def _as_dict(config: Any) -> dict:

@@ -47,8 +47,17 @@ def base_config() -> ml_collections.ConfigDict:
     # jaxcf.models.build: family, preset and constructor arguments overriding the preset.
     # checkpoint: pretrained weights a fresh run starts from (jaxcf.models.pretrained: the
     # family's converter, e.g. SD 1.5's unet/ folder for sd_unet); "" = a random init.
+    # checkpoint_out_channels: the checkpoint's output width when it differs from the
+    # model's (a new head, e.g. MONAI's 3-channel BraTS Swin-UNETR fine-tuned to 4 classes).
     c.model = ml_collections.ConfigDict(
-        {"family": "unet", "preset": "tiny2d", "dtype": "float32", "remat": False, "checkpoint": ""}
+        {
+            "family": "unet",
+            "preset": "tiny2d",
+            "dtype": "float32",
+            "remat": False,
+            "checkpoint": "",
+            "checkpoint_out_channels": 0,
+        }
     )
 
     # Prompt encoder for diffusion.condition = "prompt" (vocab_size 0: from the data's
@@ -99,6 +108,9 @@ def base_config() -> ml_collections.ConfigDict:
     # segmenter whose probabilities condition the refiner ("" = unconditional); Eq. 9's
     # boundary-weighted MSE weight and its class-edge weight w
     c.refiner = ml_collections.ConfigDict({"coarse": "", "mse_weight": 0.1, "edge_weight": 3.0})
+    # train.task = "medsegdiff" (paper 002 Sec. 3.4; its prior is refiner.coarse's): Eq. 12's
+    # gamma and the axial slices drawn from each 3-D crop
+    c.medsegdiff = ml_collections.ConfigDict({"gamma": 10.0, "slices_per_crop": 8})
 
     c.diffusion = ml_collections.ConfigDict(
         {
@@ -136,7 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.train = ml_collections.ConfigDict(
         {
-            "task": "diffusion",  # diffusion | vae | classifier | segmentation | refiner
+            # diffusion | vae | classifier | segmentation | refiner | medsegdiff
+            "task": "diffusion",
             "num_steps": 1000,
             "log_every": 50,
             "checkpoint_every": 1000,
@@ -582,6 +595,11 @@ def refiner_in_channels(c: ml_collections.ConfigDict):
     """The refiner's model.in_channels, following data.channels and refiner.coarse
     (configs/refiner_peds.py; segmentation_config's in_channels argument)."""
     return derived(refiner_channels, c.data.get_ref("channels"), c.refiner.get_ref("coarse"))
+
+
+def has_prior(coarse: str) -> bool:
+    """MedSegDiff's model.prior: a coarse segmenter is named (configs/medsegdiff_peds.py)."""
+    return bool(coarse)
 
 
 def peds_phantom48_data(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -43,12 +43,7 @@ class RefinerTask:
         self.config = config
         self.et_label = et_label_of(config, "refiner")
         self.schedule = make_schedule(config.diffusion)
-        if self.schedule.prediction != "x0" or self.schedule.is_flow:
-            raise InputError(
-                "train.task='refiner' is the x0-parameterised refiner of paper 002: "
-                f"diffusion.prediction must be 'x0' on a discrete schedule, got "
-                f"{config.diffusion.prediction!r} on {config.diffusion.schedule!r}"
-            )
+        self.check_schedule()
         self.mse_weight = float(config.refiner.mse_weight)
         self.edge_weight = float(config.refiner.edge_weight)
         self.coarse_path = str(config.refiner.coarse or "")
@@ -72,9 +67,20 @@ class RefinerTask:
                 )
         self.apply, params = models.build_pretrained(config.model, key, restoring=restoring)
         self.params = {"model": params}
-        _, kwargs = models.model_kwargs(config.model)
-        channels = int(config.data.channels)
-        want = channels + NUM_CLASSES * (2 if self.coarse else 1)
+        self.check_network(models.model_kwargs(config.model)[1])
+
+    def check_schedule(self) -> None:
+        """InputError unless the diffusion settings are the refiner's (x0, discrete)."""
+        if self.schedule.prediction != "x0" or self.schedule.is_flow:
+            raise InputError(
+                "train.task='refiner' is the x0-parameterised refiner of paper 002: "
+                f"diffusion.prediction must be 'x0' on a discrete schedule, got "
+                f"{self.config.diffusion.prediction!r} on {self.config.diffusion.schedule!r}"
+            )
+
+    def check_network(self, kwargs: dict) -> None:
+        """InputError unless the network reads [I; Y_t (; C)] and predicts K logits."""
+        want = int(self.config.data.channels) + NUM_CLASSES * (2 if self.coarse else 1)
         got_in, got_out = int(kwargs.get("in_channels", 0)), kwargs.get("out_channels")
         if got_in != want or int(got_out or got_in) != NUM_CLASSES:
             raise InputError(

@@ -39,7 +39,7 @@ Besides diffusion: VAETask trains a latent model's autoencoder, ClassifierTask a
 of batch["label"] (paper 004's text-alignment judge, jaxcf.evaluation.alignment), and
 jaxcf.training.segment_task.SegmentationTask a segmenter of batch["seg"] (paper 002's coarse
 Res U-Net / Swin-UNETR), and jaxcf.training.refine_task.RefinerTask paper 002's diffusion
-refiner of label maps.
+refiner of label maps, and jaxcf.training.medsegdiff_task.MedSegDiffTask its 2-D MedSegDiff.
 """
 
 from __future__ import annotations
@@ -344,12 +344,19 @@ def _refiner(config: Any, key: jax.Array, restoring: bool):
     return RefinerTask(config, key, restoring=restoring)
 
 
+def _medsegdiff(config: Any, key: jax.Array, restoring: bool):
+    from jaxcf.training.medsegdiff_task import MedSegDiffTask
+
+    return MedSegDiffTask(config, key, restoring=restoring)
+
+
 TASKS = {
     "diffusion": _diffusion,
     "vae": _vae,
     "classifier": _classifier,
     "segmentation": _segmentation,
     "refiner": _refiner,
+    "medsegdiff": _medsegdiff,
 }
 
 

@@ -48,8 +48,9 @@ demo-model: $(VENV)/.stamp-base
 
 # The two-process test runs after the rest, alone: on CPU, Gloo gives a process 30 s to meet
 # its partner in a collective, which sharing the cores with other test workers could exceed.
+# --durations lists the slowest tests, to keep the suite inside its time budget.
 test: $(VENV)/.stamp-test
-	$(BIN)/python -m pytest -m "not ref and not multiprocess" -n $(PYTEST_WORKERS) -q
+	$(BIN)/python -m pytest -m "not ref and not multiprocess" -n $(PYTEST_WORKERS) -q --durations=25
 	$(BIN)/python -m pytest -m multiprocess -q
 
 test-ref: $(VENV)/.stamp-ref
